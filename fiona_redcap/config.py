@@ -100,6 +100,8 @@ def validate(raw: dict, source: str = "config") -> None:
         message = best.message
         if err.validator == "oneOf" and isinstance(err.instance, (dict, str)):
             message = f"{_short(err.instance)} is not valid here ({err.schema.get('description') or 'see the schema'})"
+        if err.validator == "pattern" and err.schema.get("description"):
+            message = f"{_short(err.instance)} is not valid: {err.schema['description']}"
         if err.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key(s) not allowed")
         lines.append(f"  at {_json_path(err)}: {message}")
