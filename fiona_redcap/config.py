@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "url": "http://127.0.0.1:8081/api/",
         "timeout_seconds": 30,
         "verify_ssl": True,
-        "tokens": {},
+        # Default: each control project's token in <data>/secrets/token-<name> (written by `fiona redcap install`).
+        "tokens": {name: {"file": f"secrets/token-{name}"} for name in ("projects", "incoming", "coupling", "routing", "autoid")},
         "research_tokens": {},
         "embedded": {"enabled": True, "host": "127.0.0.1", "port": 8081},
     },
