@@ -178,7 +178,7 @@ def default_design(longitudinal: bool) -> Design:
     return design
 
 
-def event_row(name: str, arm: int, unique: str | None = None, event_id: int | None = None) -> dict:
+def event_row(name: str, arm: int, unique: str | None = None, event_id: int = 41) -> dict:
     import re
 
     unique = unique or f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')[:18]}_arm_{arm}"
@@ -187,7 +187,7 @@ def event_row(name: str, arm: int, unique: str | None = None, event_id: int | No
         "arm_num": arm,
         "unique_event_name": unique,
         "custom_event_label": "",
-        "event_id": event_id or (abs(hash(unique)) % 90000 + 10000),
+        "event_id": event_id,
         "days_offset": 1,
         "offset_min": 0,
         "offset_max": 0,

@@ -575,7 +575,7 @@ def record_import(req: Request):
             data = records.eav_to_flat(data, design)
         result = records.import_rows(req.store, db, req.project_id, design, data, opts, req.username)
     if content == "count":
-        return {"count": result} if req.fmt != "csv" and req.params.get("returnFormat", req.fmt) != "csv" else str(result)
+        return str(result) if (req.params.get("returnFormat") or req.fmt) == "csv" else {"count": result}
     if content == "nothing":
         return Response("", mimetype="text/plain")
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from waitress.server import create_server
@@ -21,15 +20,16 @@ def make_server(db_path: Path, host: str, port: int, threads: int = 8):
     return create_server(app, host=host, port=port, threads=threads, ident="REDCap", channel_timeout=120)
 
 
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT to leave waitress's loop."""
+
+
 def serve(db_path: Path, host: str = "127.0.0.1", port: int = 8081) -> int:
     server = make_server(db_path, host, port)
     real_port = server.effective_port
-    stop = threading.Event()
 
     def shutdown(*_):
-        if not stop.is_set():
-            stop.set()
-            threading.Thread(target=server.close, daemon=True).start()
+        raise _Stop()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
@@ -37,10 +37,11 @@ def serve(db_path: Path, host: str = "127.0.0.1", port: int = 8081) -> int:
     logs.log_event(log, "redcap.started", host=host, port=real_port)
     try:
         server.run()
-    except (OSError, ValueError):
-        if not stop.is_set():
-            raise
-    logs.log_event(log, "redcap.stopped")
+    except _Stop:
+        pass
+    finally:
+        server.close()
+        logs.log_event(log, "redcap.stopped")
     return 0
 
 
