@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "allowed_calling_aets": [],
         "allowed_networks": ["127.0.0.0/8", "::1/128"],
         "max_pdu": 0,
+        "min_free_mb": 100,
     },
     "sites": [],
     "redcap": {
@@ -251,6 +252,7 @@ class Config:
                 "allowed_calling_aets": main["allowed_calling_aets"],
                 "allowed_networks": main["allowed_networks"],
                 "max_pdu": main["max_pdu"],
+                "min_free_mb": main["min_free_mb"],
             }
             merged.update(site)
             data = Path(site.get("data_dir") or self.data_dir / "sites" / site["name"])

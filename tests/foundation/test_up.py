@@ -57,7 +57,7 @@ def test_up_runs_the_whole_gateway_and_installs_control_projects(tmp_path):
         repeating = {r["form_name"] for r in incoming.export_repeating_instruments_events()}
         assert repeating == {"series", "transfers"}
 
-        echo = subprocess.run(["echoscu", "-aec", "FIONA", "127.0.0.1", str(ports["dicom"])], env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, timeout=30)
+        echo = subprocess.run(["/usr/bin/echoscu", "-aec", "FIONA", "127.0.0.1", str(ports["dicom"])], env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
     finally:
         proc.send_signal(signal.SIGINT)
