@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
@@ -129,7 +129,7 @@ def test_dataset_that_disagrees_with_its_request_is_refused(tmp_path, scp_factor
     ds.save_as(path, enforce_file_format=True)  # ...while the dataset names another
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file as is, request from its meta
     ae = AE(ae_title="PYNETDICOM")
-    ae.add_requested_context(MRImageStorage)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", svc.port, ae_title="FIONA")
     status = assoc.send_c_store(path)
     assoc.release()
