@@ -125,8 +125,9 @@ def test_dataset_that_disagrees_with_its_request_is_refused(tmp_path, scp_factor
     svc = scp_factory(data_dir(tmp_path))
     ds = make_instance(generate_uid(), generate_uid(), 1, Identity())
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the request will name this instance...
+    ds.preamble = b"\x00" * 128
     path = tmp_path / "mismatch.dcm"
-    ds.save_as(path, enforce_file_format=True)  # ...while the dataset names another
+    ds.save_as(path, enforce_file_format=False)  # ...while the dataset names another (pydicom would otherwise fix the meta)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file as is, request from its meta
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
