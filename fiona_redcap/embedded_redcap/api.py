@@ -827,6 +827,7 @@ def authenticate(store: Store, token: str) -> tuple[str, int | None, dict, bool]
 def create_app(store: Store) -> Flask:
     app = Flask("fiona_redcap.embedded_redcap")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = 256 * 1024 * 1024  # Flask 3.1 defaults to 500 kB per field; REDCap takes large imports
 
     @app.get("/health")
     def health():

@@ -458,9 +458,10 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
         record = renamed.get(str(row.get(rid, ""))) if opts.force_auto_number else str(row.get(rid, "")).strip()
         if record not in records_in_file:
             records_in_file.append(record)
+    seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE project_id=?", (project_id,)).fetchone()[0]
     for record in records_in_file:
         if record not in existing:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM records WHERE project_id=?", (project_id,)).fetchone()[0]
+            seq += 1
             db.execute(
                 "INSERT INTO records(project_id, record, created_at, modified_at, seq) VALUES (?,?,?,?,?)",
                 (project_id, record, stamp, stamp, seq),
@@ -490,8 +491,11 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
             row_instance[idx] = new_instance[key]
     resolved = [(rec, ev, ins, row_instance[idx] if inst == "new" else inst, field, value, column)
                 for idx, rec, ev, ins, inst, field, value, column in writes]
+    ops: list[tuple[str, tuple]] = []
     for rec, ev, ins, inst, field, value, column in resolved:
         key = (project_id, rec, ev, ins, inst, field)
+        if column in checkbox_cols:
+            _flush(db, ops)  # a checkbox reads the stored codes: earlier writes must be visible
         if column in checkbox_cols:
             _, code = checkbox_cols[column]
             cur = db.execute("SELECT value FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND instance=? AND field=?", key).fetchone()
@@ -507,14 +511,13 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
             value = "\x1f".join(codes)
         if value == "":
             if opts.overwrite or column in checkbox_cols:
-                db.execute("DELETE FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND instance=? AND field=?", key)
+                ops.append(("del", key))
             continue
-        db.execute(
-            "INSERT INTO data(project_id, record, event, instrument, instance, field, value) VALUES (?,?,?,?,?,?,?) "
-            "ON CONFLICT(project_id, record, event, instrument, instance, field) DO UPDATE SET value=excluded.value",
-            key + (value,),
-        )
+        ops.append(("up", key + (value,)))
+        if column in checkbox_cols:
+            _flush(db, ops)
         touched[rec].append(f"{column} = '{value}'" if column not in checkbox_cols else f"{column} = '{'checked' if value else 'unchecked'}'")
+    _flush(db, ops)
     for record in records_in_file:
         action = "record_add" if record not in existing else "record_edit"
         store.log(db, project_id, username, action, record, ", ".join(touched.get(record, []))[:4000])
@@ -527,6 +530,24 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
             return [f"{r},{back[r]}" for r in records_in_file]
         return [f"{r},{r}" for r in records_in_file]
     return len(records_in_file)
+
+
+UPSERT = ("INSERT INTO data(project_id, record, event, instrument, instance, field, value) VALUES (?,?,?,?,?,?,?) "
+          "ON CONFLICT(project_id, record, event, instrument, instance, field) DO UPDATE SET value=excluded.value")
+DELETE = "DELETE FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND instance=? AND field=?"
+
+
+def _flush(db: sqlite3.Connection, ops: list[tuple[str, tuple]]) -> None:
+    """Run queued writes in order, batching consecutive writes of the same kind."""
+    i = 0
+    while i < len(ops):
+        kind = ops[i][0]
+        j = i
+        while j < len(ops) and ops[j][0] == kind:
+            j += 1
+        db.executemany(UPSERT if kind == "up" else DELETE, [params for _, params in ops[i:j]])
+        i = j
+    ops.clear()
 
 
 def next_record_name(db: sqlite3.Connection, project_id: int) -> int:
