@@ -1,0 +1,379 @@
+"""The pseudonymizer: one study in, a pseudonymized study (and its audit record) out, or a refusal.
+
+Order of work for a study: gather the study's identifiers from every instance; per instance
+drop (presentation states / secondary captures if the project says so), clean burned-in text
+where needed, apply the action table recursively (sequences at any depth, private blocks by
+their creator), apply the project's conventions and tag rules, rebuild the file meta, scan the
+result for residual identifiers, and write it. Output goes to a temporary folder that is
+renamed into place only when every instance succeeded: nothing partial is ever left to send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from .. import __version__
+from . import phi, pixels
+from .keys import Pseudonyms, shift_date, shift_datetime
+from .options import CID7050, OPTION_CODES, DeidOptions
+from .profile import Rule, edition, safe_private, table_for
+
+PRESENTATION_STATE_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
+DUMMY = {"PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
+         "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED", "DA": "19000101", "TM": "000000",
+         "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0", "AE": "ANONYMIZED", "UR": ""}
+CONVENTION_TAGS = {0x00100010, 0x00100020, 0x00080080, 0x00080090, 0x00120050, 0x00120020, 0x00120021, 0x00080050, 0x00200010}
+
+
+class DeidRefused(Exception):
+    """The study cannot be made safe; it stays in quarantine. ``reason`` is for people, ``details`` are tag paths."""
+
+    def __init__(self, reason: str, details: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details or []
+
+    def __str__(self) -> str:
+        more = f" ({'; '.join(self.details[:10])}{'; ...' if len(self.details) > 10 else ''})" if self.details else ""
+        return f"{self.reason}{more}"
+
+
+def _lines(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, sep, pattern = line.partition("=")
+        if not sep:
+            raise ValueError(f"rule {line!r} is not Keyword=regex")
+        re.compile(pattern.strip())
+        out.append((keyword.strip(), pattern.strip()))
+    return out
+
+
+@dataclass
+class ProjectPolicy:
+    """A project's de-identification settings (from the Projects registry)."""
+
+    project: str
+    options: DeidOptions = field(default_factory=DeidOptions.defaults)
+    drop_presentation_states: bool = False
+    drop_secondary_captures: bool = False
+    pixel_exclusions: list[tuple[str, str]] = field(default_factory=list)
+    tag_rules: list[tuple[str, str]] = field(default_factory=list)
+    uid_root: str | None = None
+    date_shift_max_days: int = 365
+
+    @classmethod
+    def from_registry(cls, record: dict, uid_root: str | None = None, date_shift_max_days: int = 365) -> "ProjectPolicy":
+        chosen = [code for code in OPTION_CODES.values() if record.get(f"deid_options___{code}") == "1"]
+        options = DeidOptions(**{c: True for c in chosen}) if chosen else DeidOptions.defaults()
+        try:
+            max_days = int(record.get("deid_date_shift_days") or date_shift_max_days)
+        except ValueError:
+            max_days = date_shift_max_days
+        try:
+            exclusions, rules = _lines(record.get("deid_pixel_exclude", "")), _lines(record.get("deid_tag_rules", ""))
+        except (ValueError, re.error) as exc:
+            raise DeidRefused(f"the project's de-identification rules are invalid: {exc}") from None
+        return cls(project=record.get("project_name", ""), options=options,
+                   drop_presentation_states=record.get("deid_drop_pr") == "1", drop_secondary_captures=record.get("deid_drop_sc") == "1",
+                   pixel_exclusions=exclusions, tag_rules=rules, uid_root=(record.get("deid_uid_root") or "").strip() or uid_root,
+                   date_shift_max_days=max_days)
+
+
+@dataclass
+class StudyResult:
+    study_uid: str
+    files: list[Path]
+    images: int
+    series: list[dict]
+    study_date: str
+    description: str
+    modalities: list[str]
+    dropped: int
+    audit_path: Path
+    pixel_cleaned: int
+    output_dir: Path
+
+
+class Pseudonymizer:
+    def __init__(self, policy: ProjectPolicy, key: bytes, key_id: str) -> None:
+        self.policy = policy
+        self.key_id = key_id
+        self.pseudo = Pseudonyms(key, policy.uid_root)
+        self.table = table_for(policy.options)
+        opts = policy.options
+        self.shift = opts.retain_long_modified_dates and not opts.retain_long_full_dates
+        self.safe = safe_private() if opts.retain_safe_private else {}
+
+    # -- one study ------------------------------------------------------------------------------
+    def study(self, inputs: list[Path], output_dir: Path, participant: str, event: str = "",
+              classifications: dict[str, list[str]] | None = None, progress: Callable[[int, int], None] | None = None) -> StudyResult:
+        output_dir = Path(output_dir)
+        partial = output_dir.with_name(output_dir.name + ".partial")
+        audit_path = output_dir.with_name(output_dir.name + ".audit.json")
+        shutil.rmtree(partial, ignore_errors=True)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        try:
+            return self._study(sorted(Path(p) for p in inputs), output_dir, partial, audit_path, participant, event,
+                               classifications or {}, progress)
+        except DeidRefused:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        except Exception as exc:  # fail closed: any error is a refusal with a reason, nothing left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DeidRefused(f"pseudonymization failed: {type(exc).__name__}: {exc}"[:500]) from None
+
+    def _study(self, inputs, output_dir, partial, audit_path, participant, event, classifications, progress) -> StudyResult:
+        if not inputs:
+            raise DeidRefused("the study has no instances")
+        idents = phi.Identifiers()
+        headers = []
+        for path in inputs:
+            try:
+                header = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
+            idents.add_dataset(header)
+            headers.append(header)
+        self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
+        allowed = {participant, self.policy.project, event, f"EventName:{event}"} - {""}
+        partial.mkdir(parents=True, mode=0o700)
+        files, audit_instances, series_info = [], [], {}
+        dropped = cleaned_count = 0
+        order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
+                                                           _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
+        counters: dict[str, int] = {}
+        for done, i in enumerate(order, 1):
+            path, header = inputs[i], headers[i]
+            sop_class = str(header.get("SOPClassUID", ""))
+            if self.policy.drop_presentation_states and sop_class.startswith(PRESENTATION_STATE_PREFIX):
+                dropped += 1
+                continue
+            if self.policy.drop_secondary_captures and sop_class in pixels.SECONDARY_CAPTURE:
+                dropped += 1
+                continue
+            raw = path.read_bytes()
+            ds = dcmread(path)
+            changes: list[dict] = []
+            pixel_note = None
+            series_uid = str(ds.get("SeriesInstanceUID", ""))
+            if self.policy.options.clean_pixel_data and pixels.needs_cleaning(ds, classifications.get(series_uid, []), self.policy.pixel_exclusions):
+                try:
+                    pixel_note = pixels.clean(ds)
+                except pixels.CannotClean as exc:
+                    raise DeidRefused(f"burned-in text cannot be removed: {exc}") from None
+                cleaned_count += 1
+                changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_pixel_data"})
+            self._apply(ds, "", changes, idents, top=True)
+            self._conventions(ds, participant, event, changes)
+            self._tag_rules(ds, changes)
+            self._file_meta(ds)
+            findings = phi.scan(ds, idents, allowed)
+            if findings:
+                raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
+            new_series = str(ds.SeriesInstanceUID)
+            series_key = self.pseudo.identifier("series-folder", new_series, 12).lower()
+            counters[series_key] = counters.get(series_key, 0) + 1
+            out = partial / series_key / f"{counters[series_key]:05d}.dcm"
+            out.parent.mkdir(exist_ok=True, mode=0o700)
+            ds.save_as(out, enforce_file_format=True)
+            files.append(output_dir / series_key / out.name)
+            info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
+                                                       "modality": str(ds.get("Modality", "")), "images": 0})
+            info["images"] += 1
+            audit_instances.append({"input_sha256": hashlib.sha256(raw).hexdigest(), "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+                                    "output": f"{series_key}/{out.name}", "pixels": pixel_note, "changes": changes})
+            if progress:
+                progress(done, len(inputs))
+        if not files:
+            raise DeidRefused("nothing left to send: every instance was dropped by the project's rules")
+        first = dcmread(partial / files[0].relative_to(output_dir), stop_before_pixels=True)
+        audit = {
+            "software": f"FIONA {__version__}",
+            "profile": f"DICOM PS3.15 Annex E Table E.1-1, edition {edition()}",
+            "options": self.policy.options.enabled(),
+            "project": self.policy.project,
+            "key_id": self.key_id,
+            "date_shift": "per participant (value not recorded)" if self.shift else "none",
+            "instances": audit_instances,
+            "dropped": dropped,
+            "pixel_cleaned": cleaned_count,
+        }
+        fd = os.open(str(audit_path) + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(audit, fh, indent=1)
+        os.replace(str(audit_path) + ".tmp", audit_path)
+        os.replace(partial, output_dir)
+        date = str(first.get("StudyDate", ""))
+        return StudyResult(
+            study_uid=str(first.StudyInstanceUID), files=files, images=len(files), series=list(series_info.values()),
+            study_date=f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 and date.isdigit() else "",
+            description=str(first.get("StudyDescription", "")), modalities=sorted({s["modality"] for s in series_info.values() if s["modality"]}),
+            dropped=dropped, audit_path=audit_path, pixel_cleaned=cleaned_count, output_dir=output_dir)
+
+    # -- the action table, recursively ------------------------------------------------------------
+    def _apply(self, ds: Dataset, path: str, changes: list[dict], idents: phi.Identifiers, top: bool = False) -> None:
+        creators: dict[tuple[int, int], str] = {}
+        for elem in list(ds):
+            tag = elem.tag
+            if tag.is_private and tag.is_private_creator:
+                creators[(tag.group, tag.element)] = str(elem.value or "").strip().upper()
+        kept_blocks: set[tuple[int, int]] = set()
+        for elem in list(ds):
+            tag = elem.tag
+            where = f"{path}({tag.group:04X},{tag.element:04X})"
+            if tag.is_private:
+                if tag.is_private_creator:
+                    continue
+                creator = creators.get((tag.group, tag.element >> 8), "")
+                if (tag.group, tag.element & 0xFF) in self.safe.get(creator, ()):
+                    kept_blocks.add((tag.group, tag.element >> 8))
+                    self._keep(ds, elem, where, changes, idents, Rule("C", "retain_safe_private", "Safe private"))
+                else:
+                    del ds[tag]
+                    changes.append({"path": where, "action": "X", "rule": self.table.private.source + ": private"})
+                continue
+            if top and tag in CONVENTION_TAGS:
+                continue
+            rule = self.table.lookup(int(tag))
+            if rule is None:
+                self._keep(ds, elem, where, changes, idents, None)
+                continue
+            action = rule.action
+            label = f"{rule.source}: {rule.name}"
+            if action == "X":
+                del ds[tag]
+            elif action == "Z":
+                elem.value = Sequence() if elem.VR == "SQ" else ("" if elem.VR not in ("US", "SS", "UL", "SL", "FL", "FD", "OB", "OW") else None)
+            elif action == "D":
+                if elem.VR == "SQ":
+                    elem.value = Sequence()
+                elif elem.VR in ("DA", "DT") and self.shift:
+                    self._shift(elem)
+                elif elem.VR == "UI":
+                    elem.value = self._uids(elem.value)
+                else:
+                    elem.value = DUMMY.get(elem.VR, None)
+            elif action == "U":
+                elem.value = self._uids(elem.value) if elem.VR == "UI" else elem.value
+            elif action in ("K", "C"):
+                self._keep(ds, elem, where, changes, idents, rule)
+                continue
+            changes.append({"path": where, "action": action, "rule": label})
+        for group, block in list(creators):
+            if (group, block) not in kept_blocks and (group << 16 | block) in ds:
+                del ds[group << 16 | block]
+
+    def _keep(self, ds: Dataset, elem: DataElement, where: str, changes: list[dict], idents: phi.Identifiers, rule: Rule | None) -> None:
+        """Keep an element; clean it when its rule says C; shift its dates; recurse into sequences."""
+        cleaning = rule is not None and rule.action == "C"
+        label = f"{rule.source}: {rule.name}" if rule else "not in profile"
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                self._apply(item, f"{where}[{i}].", changes, idents)
+            return
+        if elem.VR in ("DA", "DT"):
+            if self.shift and elem.value not in (None, ""):
+                self._shift(elem)
+                changes.append({"path": where, "action": "C", "rule": f"{label}: date shifted"})
+            elif cleaning and not self.shift:
+                elem.value = ""
+                changes.append({"path": where, "action": "Z", "rule": label})
+            return
+        if not cleaning or elem.value in (None, ""):
+            return
+        if elem.VR in phi.FREE_TEXT_VRS or elem.VR in ("CS", "AE"):
+            values = list(elem.value) if elem.VM > 1 else [elem.value]
+            cleaned = [idents.clean(str(v)) for v in values]
+            if cleaned != [str(v) for v in values]:
+                elem.value = cleaned if elem.VM > 1 else cleaned[0]
+                changes.append({"path": where, "action": "C", "rule": f"{label}: identifiers removed from text"})
+        elif elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
+            del ds[elem.tag]  # binary content (e.g. overlay bitmaps) cannot be cleaned: removed
+            changes.append({"path": where, "action": "X", "rule": f"{label}: binary content removed"})
+
+    def _shift(self, elem: DataElement) -> None:
+        fn = shift_date if elem.VR == "DA" else shift_datetime
+        if elem.VM > 1:
+            elem.value = [fn(str(v), self.offset) for v in elem.value]
+        else:
+            elem.value = fn(str(elem.value), self.offset)
+
+    def _uids(self, value):
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return [self.pseudo.uid(str(v)) for v in value]
+        return self.pseudo.uid(str(value)) if value else value
+
+    # -- FIONA's conventions ------------------------------------------------------------------------
+    def _conventions(self, ds: Dataset, participant: str, event: str, changes: list[dict]) -> None:
+        project = self.policy.project
+        ds.PatientName = participant
+        ds.PatientID = participant
+        ds.InstitutionName = project
+        ds.ReferringPhysicianName = f"EventName:{event}" if event else ""
+        ds.ClinicalTrialProtocolID = project
+        ds.ClinicalTrialProtocolName = project
+        if event:
+            ds.ClinicalTrialTimePointID = event
+        elif "ClinicalTrialTimePointID" in ds:
+            del ds.ClinicalTrialTimePointID
+        if ds.get("AccessionNumber"):
+            ds.AccessionNumber = self.pseudo.identifier("accession", str(ds.AccessionNumber), 16)
+        if ds.get("StudyID"):
+            ds.StudyID = self.pseudo.identifier("study-id", str(ds.StudyID), 16)
+        ds.PatientIdentityRemoved = "YES"
+        opts = self.policy.options
+        ds.DeidentificationMethod = [f"FIONA {__version__}", f"PS3.15 E.1-1 {edition()}"]  # options: the code sequence
+        codes = Sequence()
+        for name in ["basic"] + opts.enabled():
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = CID7050[name][0], "DCM", CID7050[name][1]
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+        ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift else ("UNMODIFIED" if opts.retain_long_full_dates else "REMOVED")
+        for keyword in ("PatientName", "PatientID", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+            changes.append({"path": keyword, "action": "D", "rule": "FIONA convention"})
+
+    def _tag_rules(self, ds: Dataset, changes: list[dict]) -> None:
+        for keyword, pattern in self.policy.tag_rules:
+            if keyword not in ds or ds.data_element(keyword).VR == "SQ":
+                continue
+            m = re.search(pattern, str(ds.data_element(keyword).value))
+            value = ("".join(g for g in m.groups() if g) if m.groups() else m.group(0)) if m else ""
+            setattr(ds, keyword, value)
+            changes.append({"path": keyword, "action": "C", "rule": "project tag rule"})
+
+    def _file_meta(self, ds: Dataset) -> None:
+        old = ds.file_meta
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = old.TransferSyntaxUID
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"FIONA_{__version__}"[:16]
+        ds.file_meta = meta
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

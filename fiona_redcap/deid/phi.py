@@ -1,0 +1,198 @@
+"""Identifiers of a study in every rendering, identifier patterns, text cleaning and the residual-PHI scan.
+
+The same knowledge serves twice: cleaning descriptive text (action C removes the study's own
+identifiers and identifier patterns, keeping the rest), and the scan of the output before
+anything is forwarded (a hit blocks the study, reporting tag paths, never values).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.sequence import Sequence
+
+TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+NAME_KEYWORDS = ("PatientName", "PatientBirthName", "PatientMotherBirthName", "OtherPatientNames", "ResponsiblePerson")
+ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "MedicalRecordLocator", "IssuerOfPatientID")
+OTHER_KEYWORDS = ("PatientAddress", "PatientTelephoneNumbers", "PatientInsurancePlanCodeSequence")
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+")
+PHONE_RE = re.compile(r"(?<![\w.])(\+\d{1,3}[\s\-]?)?\(?\d{2,4}\)?[\s\-]\d{2,4}[\s\-]\d{2,4}([\s\-]\d{2,4})?(?![\w.])")
+SSN_RE = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
+NO_FNR_RE = re.compile(r"(?<!\d)(\d{6})\s?(\d{5})(?!\d)")
+SE_PNR_RE = re.compile(r"(?<!\d)(\d{2})?(\d{6})[-+]?(\d{4})(?!\d)")
+
+
+def _valid_fnr(d: str) -> bool:
+    """Norwegian fødselsnummer: two mod-11 check digits."""
+    if len(d) != 11 or not d.isdigit():
+        return False
+    n = [int(c) for c in d]
+    k1 = 11 - sum(a * b for a, b in zip(n[:9], (3, 7, 6, 1, 8, 9, 4, 5, 2))) % 11
+    k1 = 0 if k1 == 11 else k1
+    k2 = 11 - sum(a * b for a, b in zip(n[:10], (5, 4, 3, 2, 7, 6, 5, 4, 3, 2))) % 11
+    k2 = 0 if k2 == 11 else k2
+    return k1 == n[9] and k2 == n[10] and int(d[:2]) <= 71 and 1 <= int(d[2:4]) % 40 <= 12
+
+
+def _valid_luhn(d: str) -> bool:
+    total = 0
+    for i, c in enumerate(d):
+        v = int(c) * (2 if i % 2 == 0 else 1)
+        total += v - 9 if v > 9 else v
+    return total % 10 == 0
+
+
+def pattern_hits(text: str) -> list[tuple[int, int, str]]:
+    """Spans of identifier patterns: e-mail, phone, US SSN, Norwegian and Swedish national IDs (checksummed)."""
+    spans = [(m.start(), m.end(), "e-mail") for m in EMAIL_RE.finditer(text)]
+    spans += [(m.start(), m.end(), "SSN") for m in SSN_RE.finditer(text)]
+    spans += [(m.start(), m.end(), "national ID") for m in NO_FNR_RE.finditer(text) if _valid_fnr(m.group(1) + m.group(2))]
+    spans += [(m.start(), m.end(), "national ID") for m in SE_PNR_RE.finditer(text)
+              if _valid_luhn(m.group(2) + m.group(3)) and 1 <= int(m.group(2)[2:4]) <= 12]
+    spans += [(m.start(), m.end(), "phone") for m in PHONE_RE.finditer(text) if sum(c.isdigit() for c in m.group()) >= 8]
+    return spans
+
+
+def _name_renderings(value: str) -> set[str]:
+    parts = [p.strip() for p in str(value).split("=")[0].split("^")]
+    family, given, middle = (parts + ["", "", ""])[:3]
+    out = {str(value).strip()}
+    if family and given:
+        out |= {f"{given} {family}", f"{family} {given}", f"{family}, {given}", f"{family},{given}", f"{family}^{given}"}
+        if middle:
+            out |= {f"{given} {middle} {family}", f"{given} {middle[0]}. {family}", f"{given} {middle[0]} {family}"}
+        initials = given[0] + (middle[0] if middle else "") + family[0]
+        out |= {initials, ".".join(initials) + ".", given[0] + family[0], f"{given[0]}.{family[0]}."}
+    for p in (family, given, middle):
+        if len(p) >= 3:
+            out.add(p)
+    return {r for r in out if r}
+
+
+def _id_renderings(value: str) -> set[str]:
+    value = str(value).strip()
+    out = {value}
+    alnum = re.sub(r"[^A-Za-z0-9]", "", value)
+    if len(alnum) >= 4:
+        out.add(alnum)
+    digits = re.sub(r"\D", "", value)
+    for d in (digits, digits.lstrip("0")):
+        if len(d) >= 5:  # shorter digit runs are everywhere in DICOM numbers
+            out.add(d)
+    return {r for r in out if len(r) >= 3}
+
+
+def _date_renderings(value: str) -> set[str]:
+    v = str(value).strip()
+    if not re.fullmatch(r"\d{8}", v):
+        return {v} if v else set()
+    y, m, d = v[:4], v[4:6], v[6:]
+    return {v, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}{m}{y}", f"{d}.{m}.{y[2:]}", f"{d}-{m}-{y}"}
+
+
+@dataclass
+class Identifiers:
+    """The original identifiers of one study (all its instances), in every rendering we look for."""
+
+    names: set[str] = field(default_factory=set)
+    short: set[str] = field(default_factory=set)  # initials: matched as whole tokens only
+    uids: set[str] = field(default_factory=set)
+    _regex: re.Pattern | None = None
+
+    def add_dataset(self, ds: Dataset) -> None:
+        for kw in NAME_KEYWORDS:
+            for value in _values(ds.get(kw)):
+                for r in _name_renderings(value):
+                    (self.short if len(r.replace(".", "")) <= 3 and r.replace(".", "").isalpha() and r.upper() == r else self.names).add(r)
+        for kw in ID_KEYWORDS:
+            for value in _values(ds.get(kw)):
+                self.names |= _id_renderings(value)
+        for value in _values(ds.get("PatientBirthDate")):
+            self.names |= _date_renderings(value)
+        for kw in OTHER_KEYWORDS:
+            for value in _values(ds.get(kw)):
+                if isinstance(value, str) and len(value.strip()) >= 4:
+                    self.names.add(value.strip())
+        for item in ds.get("OtherPatientIDsSequence") or []:
+            for value in _values(item.get("PatientID")):
+                self.names |= _id_renderings(value)
+        for kw in UID_KEYWORDS:
+            for value in _values(ds.get(kw)):
+                self.uids.add(str(value))
+        self._regex = None
+
+    def regex(self) -> re.Pattern | None:
+        if self._regex is None:
+            # Whole words only: a family name "Doe" must not flag "does"; an ID must not flag a longer number.
+            parts = [rf"(?<![A-Za-z0-9]){re.escape(n)}(?![A-Za-z0-9])" for n in sorted(self.names, key=len, reverse=True) if len(n) >= 3]
+            parts += [rf"(?<![A-Za-z]){re.escape(s)}(?![A-Za-z])" for s in sorted(self.short, key=len, reverse=True)]
+            self._regex = re.compile("|".join(parts), re.IGNORECASE) if parts else None
+        return self._regex
+
+    def clean(self, text: str) -> str:
+        """Text without the study's identifiers and identifier patterns; the rest kept."""
+        rx = self.regex()
+        if rx is not None:
+            text = rx.sub("", text)
+        for start, end, _ in sorted(pattern_hits(text), reverse=True):
+            text = text[:start] + text[end:]
+        return re.sub(r"\s{2,}", " ", text).strip(" ,;^")
+
+    def hits(self, text: str) -> list[str]:
+        """What kinds of identifiers a text still contains (never the values)."""
+        kinds = []
+        rx = self.regex()
+        if rx is not None and rx.search(text):
+            kinds.append("study identifier")
+        if any(uid in text for uid in self.uids):
+            kinds.append("original UID")
+        kinds += sorted({kind for _, _, kind in pattern_hits(text)})
+        return kinds
+
+
+def _values(value) -> list:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [v for v in value if v not in (None, "")]
+    return [value]
+
+
+def walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, DataElement]]:
+    """Every element at any depth with a readable path: ``(0040,0275)[0].(0008,0050)``."""
+    for elem in ds:
+        here = f"{path}({elem.tag.group:04X},{elem.tag.element:04X})"
+        yield here, elem
+        if elem.VR == "SQ" and isinstance(elem.value, Sequence):
+            for i, item in enumerate(elem.value):
+                yield from walk(item, f"{here}[{i}].")
+
+
+def scan(ds: Dataset, idents: Identifiers, allowed: set[str]) -> list[str]:
+    """Tag paths (with the kind of finding) whose text still carries identifiers, file meta included."""
+    findings = []
+    sources = [("", ds)]
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        sources.append(("meta:", meta))
+    for prefix, source in sources:
+        for path, elem in walk(source, prefix):
+            if elem.VR not in TEXT_VRS or elem.value in (None, ""):
+                continue
+            for value in _values(elem.value):
+                text = str(value)
+                if text in allowed:
+                    continue
+                kinds = idents.hits(text)
+                if elem.VR not in FREE_TEXT_VRS:
+                    kinds = [k for k in kinds if k in ("study identifier", "original UID")]
+                if kinds:
+                    findings.append(f"{path} ({', '.join(kinds)})")
+    return findings
