@@ -35,7 +35,7 @@ log = logs.get_logger("fiona.scheduler")
 
 POLL_OVERLAP = dt.timedelta(seconds=10)  # re-read a little before the last poll: clocks and commits are not exact
 FULL_RESYNC_SECONDS = 3600
-MIN_POLL_GAP = 0.5
+MIN_POLL_GAP = 0.0  # polls are cheap (changes only); a gap would let a job miss a write made just before it
 LEASE_SECONDS = 1800
 LIST_TTL_SECONDS = 300  # lists are re-read by create-transfer-requests; other jobs re-read them only if older
 
@@ -114,7 +114,7 @@ class Context:
     def poll(self, force: bool = False) -> int:
         """Bring the Incoming cache up to date; returns how many studies changed."""
         now_mono = time.monotonic()
-        if not force and now_mono - self._last_poll_mono < MIN_POLL_GAP:
+        if not force and self.last_poll is not None and now_mono - self._last_poll_mono < MIN_POLL_GAP:
             return 0
         full = self.last_poll is None or now_mono - self.last_full > FULL_RESYNC_SECONDS
         started = dt.datetime.now()

@@ -53,6 +53,7 @@ def removable(ctx: Context, study: IncomingStudy | None, now: dt.datetime, press
 
 
 def run(ctx: Context) -> dict:
+    ctx.refresh_lists(force=True)
     now = dt.datetime.now()
     removed: list[str] = []
     alarms: list[str] = []
