@@ -153,6 +153,8 @@ class Pseudonymizer:
                 raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
             idents.add_dataset(header)
             headers.append(header)
+        if self.policy.options.retain_uids:
+            idents.uids.clear()  # kept on purpose: not a residual identifier
         self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
         allowed = {participant, self.policy.project, event, f"EventName:{event}"} - {""}
         partial.mkdir(parents=True, mode=0o700)
@@ -270,9 +272,15 @@ class Pseudonymizer:
                     self._shift(elem)
                 elif elem.VR == "UI":
                     elem.value = self._uids(elem.value)
+                elif elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
+                    elem.value = bytes(len(elem.value or b""))  # same length, content zeroed
                 else:
                     elem.value = DUMMY.get(elem.VR, None)
             elif action == "U":
+                if elem.VR == "SQ":  # a reference sequence: its UIDs are replaced item by item
+                    for i, item in enumerate(elem.value or []):
+                        self._apply(item, f"{where}[{i}].", changes, idents)
+                    continue
                 elem.value = self._uids(elem.value) if elem.VR == "UI" else elem.value
             elif action in ("K", "C"):
                 self._keep(ds, elem, where, changes, idents, rule)
