@@ -105,6 +105,7 @@ class Identifiers:
     short: set[str] = field(default_factory=set)  # initials: matched as whole tokens only
     uids: set[str] = field(default_factory=set)
     _regex: re.Pattern | None = None
+    _uid_regex: re.Pattern | None = None
 
     def add_dataset(self, ds: Dataset) -> None:
         for kw in NAME_KEYWORDS:
@@ -126,7 +127,7 @@ class Identifiers:
         for kw in UID_KEYWORDS:
             for value in _values(ds.get(kw)):
                 self.uids.add(str(value))
-        self._regex = None
+        self._regex = self._uid_regex = None
 
     def regex(self) -> re.Pattern | None:
         if self._regex is None:
@@ -151,8 +152,11 @@ class Identifiers:
         rx = self.regex()
         if rx is not None and rx.search(text):
             kinds.append("study identifier")
-        if any(uid in text for uid in self.uids):
-            kinds.append("original UID")
+        if self.uids and any(c.isdigit() for c in text[:1] + text[-1:]) or "." in text:
+            if self._uid_regex is None:
+                self._uid_regex = re.compile("|".join(rf"(?<![0-9.]){re.escape(u)}(?![0-9])" for u in self.uids)) if self.uids else False
+            if self._uid_regex and self._uid_regex.search(text):
+                kinds.append("original UID")
         kinds += sorted({kind for _, _, kind in pattern_hits(text)})
         return kinds
 
