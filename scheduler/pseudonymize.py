@@ -15,10 +15,12 @@ def pseudonymize(cfg: Config, project: ResearchProject, files: list[Path], out_d
 
     from .send import Refused
 
-    policy = ProjectPolicy.from_registry(project.record)
-    key, key_id = project_key(cfg.data_dir, project.name)
+    deid = cfg.raw["deid"]
     try:
+        policy = ProjectPolicy.from_registry(project.record, uid_root=deid.get("uid_root"),
+                                             date_shift_max_days=int(deid.get("date_shift_max_days", 365)))
+        key, key_id = project_key(cfg.data_dir, project.name)
         return Pseudonymizer(policy, key, key_id).study(files, out_dir, participant, event=event, classifications=classifications)
     except DeidRefused as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
+        reason = exc.args[0] if exc.args else "no reason given"
         raise Refused(f"pseudonymization refused: {reason}") from None

@@ -183,6 +183,7 @@ def send_study(ctx: Context, study: IncomingStudy, t: Transfer, q, mode: str) ->
         verified, verify_error = _verify(ctx, dest, result.study_uid, expected, delivery)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _keep_audit(ctx, staging)
     now = transfers.now_text()
     values = {"sent_at": now, "images_sent": len(files), "mapped_study_uid": result.study_uid, "destination": name,
               "lease": "", "next_attempt": ""}
@@ -198,6 +199,15 @@ def send_study(ctx: Context, study: IncomingStudy, t: Transfer, q, mode: str) ->
             "series": len(result.series), "images": len(files), "sent_at": now}
     research.populate_now(ctx, ref, item, check_existing=bool(t.sent_at) or t.attempts > 1 or mode != "first")
     return values
+
+
+def _keep_audit(ctx: Context, staging: Path) -> None:
+    """Move the engine's audit record next to the others (``<data>/audit/<study_key>-<instance>.json``)."""
+    audit = staging.with_name(staging.name + ".audit.json")
+    if audit.exists():
+        target = ctx.cfg.data_dir / "audit"
+        target.mkdir(exist_ok=True, mode=0o700)
+        audit.replace(target / f"{staging.name}.json")
 
 
 def _verify(ctx: Context, dest: dict, study_uid: str, expected: dict[str, Path], delivery: Delivery) -> tuple[int, str | None]:
