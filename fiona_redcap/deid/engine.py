@@ -163,6 +163,7 @@ class Pseudonymizer:
         order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
                                                            _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
         counters: dict[str, int] = {}
+        review: dict[str, dict] = {}
         for done, i in enumerate(order, 1):
             path, header = inputs[i], headers[i]
             sop_class = str(header.get("SOPClassUID", ""))
@@ -188,6 +189,7 @@ class Pseudonymizer:
             self._conventions(ds, participant, event, changes)
             self._tag_rules(ds, changes)
             self._file_meta(ds)
+            _summarize(ds, review)
             findings = phi.scan(ds, idents, allowed)
             if findings:
                 raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
@@ -223,6 +225,8 @@ class Pseudonymizer:
         with os.fdopen(fd, "w") as fh:
             json.dump(audit, fh, indent=1)
         os.replace(str(audit_path) + ".tmp", audit_path)
+        review_path = output_dir.with_name(output_dir.name + ".review.json")
+        review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(files), "attributes": review}))
         os.replace(partial, output_dir)
         date = str(first.get("StudyDate", ""))
         return StudyResult(
@@ -378,6 +382,28 @@ class Pseudonymizer:
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"FIONA_{__version__}"[:16]
         ds.file_meta = meta
+
+
+REVIEW_EXAMPLES = 5
+
+
+def _summarize(ds: Dataset, review: dict[str, dict], prefix: str = "") -> None:
+    """Tag, keyword, VR, instance count and a few example values of the pseudonymized output (for Review)."""
+    for elem in ds:
+        if elem.tag == 0x7FE00010:
+            continue
+        key = f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X})"
+        entry = review.setdefault(key, {"keyword": elem.keyword or ("private" if elem.tag.is_private else ""), "vr": elem.VR,
+                                        "count": 0, "values": {}})
+        entry["count"] += 1
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                _summarize(item, review, key + ">")
+            continue
+        text = "<binary>" if elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV") else str(elem.value)[:80]
+        values = entry["values"]
+        if text in values or len(values) < 50:
+            values[text] = values.get(text, 0) + 1
 
 
 def _int(value) -> int:
