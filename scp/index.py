@@ -92,7 +92,7 @@ def rebuild_study(q: Quarantine, study_uid: str, classifier: Classifier) -> dict
             series_path = study_dir / f"{series_dir.name}.json"
             series = read_json(series_path)
             if series is None and files:
-                ds = dcmread(files[0], stop_before_pixels=True)
+                ds = dcmread(files[0], defer_size=256)
                 series = {"series_uid": series_dir.name, "modality": _str(ds, "Modality"), "sop_class_uid": _str(ds, "SOPClassUID"),
                           "series_description": _str(ds, "SeriesDescription"), "series_number": _str(ds, "SeriesNumber"),
                           "manufacturer": _str(ds, "Manufacturer"), "model": _str(ds, "ManufacturerModelName"),

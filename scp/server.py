@@ -146,7 +146,7 @@ class SiteReceiver:
     def _store(self, event, stats: AssocStats) -> int:
         path = Path(event.dataset_path)
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = dcmread(path, defer_size=256)  # pixel data deferred, not dropped: classification sees it exists
         except (InvalidDicomError, ValueError, EOFError, OSError, TypeError, KeyError) as exc:
             logs.log_event(log, "store.unreadable", logging.WARNING, site=self.name, calling_aet=stats.calling_aet,
                            error=type(exc).__name__)

@@ -61,6 +61,7 @@ def test_multiseries_study_is_stored_durably_and_privately(tmp_path, scp_factory
     summaries = q.series_summaries(study.study_uid)
     assert [s["images"] for s in summaries] == [4, 4, 4]
     assert summaries[0]["modality"] == "MR" and "mr" in summaries[0]["classification"] and summaries[0]["calling_aet"] == "STORESCU"
+    assert "non-image" not in summaries[0]["classification"]  # pixel data is seen although not read
     log = svc.log_text()
     assert "event=assoc.closed" in log and "images=12" in log
     for planted in (study.identity.patient_name, study.identity.patient_id, study.identity.accession, study.study_uid):
