@@ -260,6 +260,15 @@ class Config:
             out.append(merged)
         return out
 
+    @property
+    def embedded_redcap_db(self) -> Path | None:
+        """The embedded REDCap's database, whose users log in to the web app (None: a real REDCap)."""
+        emb = self.raw["redcap"]["embedded"]
+        if not emb["enabled"] and not emb.get("data_dir"):
+            return None
+        base = Path(emb["data_dir"]) if emb.get("data_dir") else self.data_dir
+        return (base if base.is_absolute() else self.data_dir / base) / "redcap" / "redcap.sqlite3"
+
     def job_interval(self, job: str, default: float) -> float:
         return float(self.raw["timing"]["job_intervals_seconds"].get(job, default))
 

@@ -42,11 +42,12 @@ class Access:
 
     # -- users ---------------------------------------------------------------------------------
     def is_super(self, user: str) -> bool:
-        if not self.cfg.raw["redcap"]["embedded"]["enabled"]:
+        db = self.cfg.embedded_redcap_db
+        if db is None or not db.exists():
             return False
         from ..embedded_redcap import admin
 
-        return admin.is_super_user(admin.db_path(self.cfg.data_dir), user)
+        return admin.is_super_user(db, user)
 
     def may_see_quarantine(self, user: str) -> bool:
         return user in self.cfg.raw["web"].get("assign_users", []) or self.is_super(user)

@@ -19,10 +19,11 @@ def login():
         username = request.form.get("username", "").strip()
         password = request.form.get("password", "")
         ok = False
-        if cfg.raw["redcap"]["embedded"]["enabled"] and username and password:
+        db = cfg.embedded_redcap_db
+        if db is not None and db.exists() and username and password:
             from ..embedded_redcap import admin
 
-            ok = admin.verify_password(admin.db_path(cfg.data_dir), username, password)
+            ok = admin.verify_password(db, username, password)
         if ok:
             auth.login_user(username, "password")
             logs.log_event(log, "web.login", user=username, via="password")

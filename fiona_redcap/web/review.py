@@ -41,6 +41,12 @@ def summary(data_dir, project: str) -> tuple[int, list[dict]]:
     return instances, rows
 
 
+def _cell(value) -> str:
+    """Spreadsheets run cells that start with = + - @ as formulas: prefix them with a quote."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _project():
     cfg, access = current_app.extensions["fiona_cfg"], current_app.extensions["fiona_access"]
     name = request.args.get("project", "")
@@ -69,5 +75,5 @@ def export():
     w = csv.writer(buf)
     w.writerow(["tag", "keyword", "vr", "instances", "distinct_values", "examples"])
     for r in rows:
-        w.writerow([r["tag"], r["keyword"], r["vr"], r["count"], r["distinct"], " | ".join(r["examples"])])
+        w.writerow([_cell(v) for v in (r["tag"], r["keyword"], r["vr"], r["count"], r["distinct"], " | ".join(r["examples"]))])
     return Response(buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f"attachment; filename=review-{name}.csv"})
