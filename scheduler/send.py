@@ -13,6 +13,8 @@ counts, never a patient identifier.
 
 from __future__ import annotations
 
+import json
+
 import datetime as dt
 import logging
 import shutil
@@ -208,6 +210,19 @@ def _keep_audit(ctx: Context, staging: Path) -> None:
         target = ctx.cfg.data_dir / "audit"
         target.mkdir(exist_ok=True, mode=0o700)
         audit.replace(target / f"{staging.name}.json")
+    # The engine's summary of the pseudonymized output feeds the project's Review page.
+    review = staging.with_name(staging.name + ".review.json")
+    if review.exists():
+        try:
+            project = json.loads(review.read_text()).get("project", "")
+        except (OSError, ValueError):
+            project = ""
+        if project and project.replace("_", "").replace("-", "").isalnum():
+            target = ctx.cfg.data_dir / "review" / project
+            target.mkdir(parents=True, exist_ok=True, mode=0o700)
+            review.replace(target / f"{staging.name}.json")
+        else:
+            review.unlink(missing_ok=True)
 
 
 def _verify(ctx: Context, dest: dict, study_uid: str, expected: dict[str, Path], delivery: Delivery) -> tuple[int, str | None]:
