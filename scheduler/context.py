@@ -92,12 +92,20 @@ class Context:
         self._events: dict[str, tuple[float, list[tuple[str, str]], bool]] = {}
         self._proj: dict[str, object] = {}
         self.patient_cache: dict[str, tuple[str, str]] = {}
+        self.periodic_reads = 0  # polls and list reads: made per interval, whatever the number of studies
 
     # -- REDCap handles ------------------------------------------------------------------------
     def project(self, name: str):
         if name not in self._proj:
             self._proj[name] = client.control_project(self.cfg, name)
         return self._proj[name]
+
+    def research_redcap(self, project: ResearchProject):
+        """The research project's own REDCap (cached: PyCap reads the metadata once per handle), or None."""
+        key = f"research:{project.redcap_url}:{project.token_ref}"
+        if key not in self._proj:
+            self._proj[key] = projects.own_redcap(self.cfg, project)
+        return self._proj[key]
 
     @property
     def incoming(self):
@@ -119,6 +127,7 @@ class Context:
         full = self.last_poll is None or now_mono - self.last_full > FULL_RESYNC_SECONDS
         started = dt.datetime.now()
         since = None if full else self.last_poll - POLL_OVERLAP
+        self.periodic_reads += 1
         changed = incoming.list_studies(self.incoming, since=since)
         if full:
             self.studies = {}
@@ -129,7 +138,8 @@ class Context:
         if full:
             self.last_full = now_mono
         write_private(self.dir / "poll.json", json.dumps({"last_poll": started.strftime(transfers.TIME_FORMAT),
-                                                          "full": full, "studies": len(self.studies)}))
+                                                          "full": full, "studies": len(self.studies),
+                                                          "pid": os.getpid(), "periodic_reads": self.periodic_reads}))
         return len(changed)
 
     def _merge(self, fresh: IncomingStudy) -> None:
@@ -162,6 +172,17 @@ class Context:
                 setattr(transfer, key, value)
             logs.log_event(log, "transfer.write_queued", logging.WARNING, instance=transfer.instance, error=str(exc)[:200])
 
+    def warm_up(self) -> None:
+        """Read what PyCap reads once per handle (metadata, events) at start, not during the first study."""
+        _ = self.incoming.def_field
+        for project in self.research_projects.values():
+            if project.active and project.redcap_url:
+                try:
+                    self.events(project)
+                    _ = self.research_redcap(project).def_field
+                except (client.RedcapUnavailable, client.RedcapRejected, projects.ProjectError) as exc:
+                    logs.log_event(log, "project.redcap_unavailable", logging.WARNING, project=project.name, error=str(exc)[:200])
+
     # -- leases --------------------------------------------------------------------------------
     def lease_value(self) -> str:
         expiry = dt.datetime.now() + dt.timedelta(seconds=LEASE_SECONDS)
@@ -193,6 +214,7 @@ class Context:
         self._projects = {p.name: p for p in projects.load_projects(self.cfg)}
         self._coupling = coupling.list_entries(self.project("coupling"))
         self._rules = routing.list_rules(self.project("routing"))
+        self.periodic_reads += 3
         self._lists_at = time.monotonic()
 
     @property
@@ -218,7 +240,7 @@ class Context:
         cached = self._events.get(project.name)
         if cached and time.monotonic() - cached[0] < LIST_TTL_SECONDS:
             return cached[1], cached[2]
-        rc = projects.own_redcap(self.cfg, project)
+        rc = self.research_redcap(project)
         longitudinal = bool(rc is not None and client.call(lambda: rc.is_longitudinal))
         events = project.events
         if longitudinal:

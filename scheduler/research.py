@@ -71,7 +71,7 @@ def write_items(ctx: Context, items: list[dict], check_existing: bool = True) ->
         project = ctx.research_projects.get(name)
         if project is None:
             raise projects.ProjectError(f"project {name} is not in the Projects registry")
-        rc = projects.own_redcap(ctx.cfg, project)
+        rc = ctx.research_redcap(project)
         if rc is None:
             done += len(group)  # the project keeps no REDCap of its own: nothing to write
             continue

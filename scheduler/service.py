@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -60,15 +59,18 @@ class Status:
 
 def guarded(ctx: Context, status: Status, name: str) -> dict | None:
     """Run a job and record its outcome; an exception is logged and shown, never kills the service."""
+    if not ctx.lock.acquire(timeout=1):
+        return None  # another job is running; this one runs at its next interval
     started = time.time()
     try:
         summary = run_job(ctx, name)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
         logs.log_event(log, "job.error", logging.ERROR, job=name, error=error)
-        logging.getLogger("fiona.scheduler.trace").debug("%s", traceback.format_exc())
         status.record(name, started, "error", error=error)
         return None
+    finally:
+        ctx.lock.release()
     busy = {k: v for k, v in summary.items() if v not in (0, [], "", None)}
     if busy:
         logs.log_event(log, "job.done", job=name, seconds=round(time.time() - started, 2), **{k.replace("-", "_"): v for k, v in busy.items()})
@@ -77,8 +79,15 @@ def guarded(ctx: Context, status: Status, name: str) -> dict | None:
 
 
 def serve(cfg: Config, stop: threading.Event) -> int:
+    # "skipped: maximum number of running instances reached" is the normal state of a busy job, not a warning.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     ctx = Context(cfg)
     status = Status(cfg, ctx)
+    try:
+        with ctx.lock:
+            ctx.warm_up()
+    except Exception as exc:  # REDCap may be down at start: the jobs report it and retry
+        logs.log_event(log, "scheduler.warm_up_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
     scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
     for name, (_, default) in JOBS.items():
         scheduler.add_job(guarded, "interval", args=(ctx, status, name), seconds=cfg.job_interval(name, default),

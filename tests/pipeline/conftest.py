@@ -9,6 +9,9 @@ quarantine → REDCap.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,12 +114,63 @@ class Pipeline:
         return transfers.list_transfers(client.control_project(self.cfg, "incoming"), [study_uid])
 
 
+class SchedulerService:
+    """``fiona scheduler`` as a subprocess (the way ``fiona up`` runs it)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SchedulerService":
+        log = open(self.cfg.data_dir / "scheduler.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "fiona_redcap.cli", "scheduler", "--data-dir", str(self.cfg.data_dir)],
+                                     stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.proc.stdout.readline()
+        assert "scheduler running (jobs:" in line, f"scheduler did not start: {line!r}; {self.log_text()[-2000:]}"
+        return self
+
+    def log_text(self) -> str:
+        return (self.cfg.data_dir / "scheduler.log").read_text(errors="replace")
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+
+@pytest.fixture
+def scheduler_factory():
+    started: list[SchedulerService] = []
+
+    def start(cfg: Config) -> SchedulerService:
+        svc = SchedulerService(cfg).start()
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+FAST_JOBS = {"anonymize-and-send": 0.5, "create-transfer-requests": 1, "populate-autoid": 1, "resend-project": 1, "verify": 1,
+             "populate-projects": 1, "retention": 3600}
+
+
 @pytest.fixture
 def pipeline(live_redcap, research_pacs, scp_factory, tmp_path) -> Pipeline:
     cfg = make_fiona_data_dir(tmp_path / "fiona-data", live_redcap, overrides={
         "destinations": {"pacs": research_pacs.destination()},
         "default_destination": "pacs",
-        "timing": {"quiet_period_seconds": QUIET},
+        "timing": {"quiet_period_seconds": QUIET, "job_intervals_seconds": FAST_JOBS},
         "transfer": {"backoff_first_seconds": 1, "backoff_factor": 2, "max_attempts": 3},
     })
     return Pipeline(cfg, live_redcap, research_pacs, scp_factory, tmp_path)
