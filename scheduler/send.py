@@ -78,8 +78,8 @@ def queue(ctx: Context, modes: set[str]) -> list[Work]:
     now = dt.datetime.now()
     work = []
     for study in ctx.studies.values():
-        if not study.values or study.get("state") == "removed":
-            continue
+        if not study.values:
+            continue  # transfers typed in before the receiver's study record exists wait for it
         for t in study.transfers:
             mode = mode_of(ctx, study, t, now)
             if mode in modes:
