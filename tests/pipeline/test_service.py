@@ -123,3 +123,51 @@ def test_leases_of_dead_or_expired_workers_are_taken_over(pipeline):
         start = fh.read().rsplit(")", 1)[1].split()[19]
     assert ctx.lease_is_live(f"{host}:{parent}:{start} until {future}")  # a live local worker
     assert not ctx.lease_is_live(f"{host}:{parent}:1 until {future}")  # the pid was reused by another process
+
+
+def test_longitudinal_research_project_gets_the_imaging_instance_on_the_event(pipeline, new_study, live_redcap):
+    from redcap import Project
+
+    from fiona_redcap.redcap_install import load_instrument
+    from fiona_redcap.state import projects
+
+    dictionary, _, _ = load_instrument("imaging")
+    token = live_redcap.new_project("research LONGI", longitudinal=True, dictionary=dictionary,
+                                    events=[("Baseline", 1), ("Week 4", 1)])
+    rc = Project(live_redcap.url, token, timeout=30)
+    events = [e["unique_event_name"] for e in rc.export_events()]
+    rc.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": e, "form": f}
+                                         for e in events for f in ("participant", "imaging")])
+    rc.import_repeating_instruments_events([{"event_name": e, "form_name": "imaging", "custom_form_label": ""} for e in events])
+    pipeline._edit_config(lambda raw: raw["redcap"].__setitem__("research_tokens", {"longi": token}))
+    projects.save_project(pipeline.cfg, {"project_name": "LONGIT", "project_active": "1", "project_participant_regex": r"G[0-9]{2}",
+                                         "project_redcap_url": live_redcap.url, "project_token_ref": "longi", "project_complete": "2"})
+    study = received(pipeline, new_study, series=1, images=1)
+    later = received(pipeline, new_study, series=1, images=1)
+    form_request(pipeline, study.study_uid, "LONGIT", "G01", event="nosuch_arm_1")
+    form_request(pipeline, later.study_uid, "LONGIT", "G01", event=events[1])
+    pipeline.run("anonymize-and-send")
+    (bad,) = pipeline.transfers(study.study_uid)
+    assert bad.state == "failed" and "event 'nosuch_arm_1' does not exist" in bad.last_error
+    (t,) = pipeline.transfers(later.study_uid)
+    assert t.state == "verified", t.last_error
+    rows = [r for r in rc.export_records() if r.get("redcap_repeat_instrument") == "imaging"]
+    assert [(r["record_id"], r["redcap_event_name"], r["imaging_study_uid"]) for r in rows] == [("G01", events[1], t.mapped_study_uid)]
+
+
+def test_disk_pressure_removes_verified_studies_first_and_alarms_instead_of_deleting_unsent(pipeline, new_study):
+    from fiona_redcap.quarantine import Quarantine
+
+    pipeline.research_project("PRESSURE", regex=r"U[0-9]{2}", redcap=False)
+    sent = received(pipeline, new_study, series=1, images=1)
+    unsent = received(pipeline, new_study, series=1, images=1)
+    form_request(pipeline, sent.study_uid, "PRESSURE", "U01")
+    pipeline.run("anonymize-and-send")
+    form_request(pipeline, unsent.study_uid, "PRESSURE", "bad")  # failing: must never be deleted
+    pipeline.run("anonymize-and-send")
+    # More free space asked for than any disk has: permanent pressure (retention days stay at 7).
+    pipeline._edit_config(lambda raw: raw["dicom"].__setitem__("min_free_mb", 10 ** 9))
+    summary = pipeline.run("retention")[0]
+    q = Quarantine(pipeline.cfg.data_dir)
+    assert not q.has_study(sent.study_uid) and q.has_study(unsent.study_uid)
+    assert summary["removed"] == 1 and summary["alarms"] and "not yet verified" in summary["alarms"][0]
