@@ -103,8 +103,15 @@ def create_requests(ctx: Context, start_now: bool = False, sources: frozenset[st
         if not assignable(study):
             continue
         new = []
-        found = wanted(ctx, study) if sources & {"coupling", "routing"} else []
-        found += autoid_assignments(ctx, study) if "autoid" in sources else []
+        try:
+            found = wanted(ctx, study) if sources & {"coupling", "routing"} else []
+            found += autoid_assignments(ctx, study) if "autoid" in sources else []
+        except client.RedcapUnavailable:
+            raise
+        except Exception as exc:  # one study's problem (e.g. an AutoID pattern that cannot generate) must not stop the others
+            with logs.correlation(study.key or None):
+                logs.log_event(log, "assign.error", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
+            continue
         for a in found:
             if a.source not in sources:
                 continue

@@ -150,7 +150,10 @@ def _problem(ctx: Context, t: Transfer):
     project = ctx.research_projects.get(t.project)
     if project is None:
         raise Refused(f"project {t.project} is not in the Projects registry")
-    events, _ = ctx.events(project)
+    try:
+        events, _ = ctx.events(project)
+    except client.RedcapUnavailable as exc:  # the project's own REDCap, not Incoming: retry this transfer later
+        raise ForwardError(f"the REDCap of project {project.name} is not reachable ({exc})") from None
     problem = project.assign_problem(t.participant, t.event, events)
     if problem:
         raise Refused(problem)

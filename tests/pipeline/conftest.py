@@ -168,7 +168,7 @@ FAST_JOBS = {"anonymize-and-send": 0.5, "create-transfer-requests": 1, "populate
 @pytest.fixture
 def pipeline(live_redcap, research_pacs, scp_factory, tmp_path) -> Pipeline:
     cfg = make_fiona_data_dir(tmp_path / "fiona-data", live_redcap, overrides={
-        "destinations": {"pacs": research_pacs.destination()},
+        "destinations": {"pacs": research_pacs.destination(timeout_seconds=10)},
         "default_destination": "pacs",
         "timing": {"quiet_period_seconds": QUIET, "job_intervals_seconds": FAST_JOBS},
         "transfer": {"backoff_first_seconds": 1, "backoff_factor": 2, "max_attempts": 3},

@@ -144,3 +144,20 @@ def test_retention_deletes_by_state_only(pipeline, new_study):
     assert rows[done.study_uid]["study_state"] == "removed" and rows[unassigned.study_uid]["study_state"] == "removed"
     assert rows[pending.study_uid]["study_state"] == "complete"
     assert [r for r in client.control_project(pipeline.cfg, "coupling").export_records() if r.get("coupling_key") == "EXPIRED1"] == []
+
+
+def test_one_unassignable_study_does_not_block_the_others(pipeline, new_study):
+    pipeline.research_project("BROKENAUTO", regex=r"(A)\1[0-9]{3}", autoid_aet="BROKEN1", redcap=False)  # cannot generate
+    pipeline.research_project("HEALTHY", regex=r"H[0-9]{2}", redcap=False)
+    port = pipeline.add_site("broken", "BROKEN1")
+    stuck = new_study(series=1, images=1, ident=Identity(accession="ACC-STUCK"))
+    fine = new_study(series=1, images=1, ident=Identity(accession="ACC-FINE"))
+    pipeline.couple("ACC-FINE", "HEALTHY", "H01")
+    pipeline.send(stuck, called="BROKEN1", port=port)
+    pipeline.send(fine)
+    pipeline.wait_incoming(stuck.study_uid)
+    pipeline.wait_incoming(fine.study_uid)
+    pipeline.run("anonymize-and-send")
+    assert pipeline.transfers(stuck.study_uid) == []
+    (t,) = pipeline.transfers(fine.study_uid)
+    assert t.state == "verified", t.last_error
