@@ -17,6 +17,7 @@ import json
 
 import datetime as dt
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def process(ctx: Context, item: Work) -> str:
     if not (t.state == "processing" and ctx.holds(t)):
         ctx.write(t, state="processing", lease=ctx.lease_value(), attempts=t.attempts + 1)
     started = time.monotonic()
+    logs.register_sensitive(study.study_uid, study.get("accession"))
     logs.log_event(log, "transfer.start", instance=t.instance, project=t.project, mode=item.mode, attempt=t.attempts)
     try:
         if q is None:
@@ -134,7 +136,7 @@ def process(ctx: Context, item: Work) -> str:
     except client.RedcapUnavailable:
         raise  # the job fails visibly; the lease lets the next run (or a restart) take it up again
     except Exception as exc:  # one study must not block the queue: record and go on
-        reason = str(exc) if isinstance(exc, (ForwardError, ProjectError, client.RedcapRejected)) else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, (ForwardError, ProjectError, client.RedcapRejected)) else safe_reason(exc)
         nxt = backoff(ctx, t.attempts)
         ctx.write(t, state="failed", last_error=reason[:1000], next_attempt=nxt, lease="")
         logs.log_event(log, "transfer.failed", logging.WARNING, instance=t.instance, attempt=t.attempts,
@@ -144,6 +146,16 @@ def process(ctx: Context, item: Work) -> str:
     logs.log_event(log, "transfer.done", instance=t.instance, state=values["state"], images=values["images_sent"],
                    seconds=round(time.monotonic() - started, 2))
     return values["state"] if values["state"] != "failed" else "failed"
+
+
+UID_LIKE = re.compile(r"\d+(?:\.\d+){3,}")
+
+
+def safe_reason(exc: Exception) -> str:
+    """An unexpected error as text fit for REDCap and logs: no file names (they hold UIDs), no UID-like values."""
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or 'input/output error'}"
+    return UID_LIKE.sub("[uid]", f"{type(exc).__name__}: {exc}")
 
 
 def _problem(ctx: Context, t: Transfer):

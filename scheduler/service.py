@@ -22,6 +22,7 @@ from fiona_redcap.quarantine import read_json, write_json_atomic
 
 from .context import Context
 from .jobs import JOBS, run_job
+from .send import safe_reason
 
 log = logs.get_logger("fiona.scheduler")
 
@@ -65,7 +66,7 @@ def guarded(ctx: Context, status: Status, name: str) -> dict | None:
     try:
         summary = run_job(ctx, name)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        error = safe_reason(exc)[:500]
         logs.log_event(log, "job.error", logging.ERROR, job=name, error=error)
         status.record(name, started, "error", error=error)
         return None
