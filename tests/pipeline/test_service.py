@@ -171,3 +171,29 @@ def test_disk_pressure_removes_verified_studies_first_and_alarms_instead_of_dele
     q = Quarantine(pipeline.cfg.data_dir)
     assert not q.has_study(sent.study_uid) and q.has_study(unsent.study_uid)
     assert summary["removed"] == 1 and summary["alarms"] and "not yet verified" in summary["alarms"][0]
+
+
+def test_backoff_is_exponential_and_bounded(pipeline):
+    import datetime as dt
+
+    from scheduler.send import backoff
+
+    pipeline._edit_config(lambda raw: raw["transfer"].update(backoff_first_seconds=60, backoff_factor=3, max_attempts=4))
+    ctx = Context(pipeline.cfg)
+    now = dt.datetime.now()
+    delays = [(transfers.parse_time(backoff(ctx, n)) - now).total_seconds() for n in (1, 2, 3)]
+    assert [round(d / 10) * 10 for d in delays] == [60, 180, 540]
+    assert backoff(ctx, 4) == ""
+
+
+def test_polls_ask_only_for_what_changed(pipeline, new_study):
+    first = received(pipeline, new_study, series=1, images=1)
+    ctx = Context(pipeline.cfg)
+    assert ctx.poll() >= 1 and first.study_uid in ctx.studies  # start: one full read
+    assert ctx.poll() <= 1  # nothing new (the overlap window may return the same record once more)
+    pipeline.research_project("POLLED", regex=r"O[0-9]{2}", redcap=False)
+    form_request(pipeline, first.study_uid, "POLLED", "O01")
+    ctx.poll()
+    assert [t.participant for t in ctx.studies[first.study_uid].transfers] == ["O01"]
+    ctx.last_poll = transfers.dt.datetime.now() + transfers.dt.timedelta(seconds=30)  # as if polled after that change
+    assert ctx.poll() == 0
