@@ -109,7 +109,8 @@ def test_resend_and_late_series(pipeline, new_study, tmp_path):
     # A series that arrives after the send: only after the quiet period, and only what is new is sent.
     late = make_study(tmp_path / "late", series=1, images=3, study_uid=study.study_uid)
     pipeline.send(late)
-    pipeline.run("resend-project")
+    pipeline.run("resend-project", "anonymize-and-send")  # still within the quiet period: nothing is sent yet
+    assert len(pipeline.pacs.instances_of(t.mapped_study_uid)) == 2
     wait_for(lambda: pipeline.wait_incoming(study.study_uid).get("study_num_images") == "5", 15, what="the reopened study")
     wait_for(lambda: pipeline.wait_incoming(study.study_uid).get("study_completed_at", "") > first_sent, 15, what="completion")
     pipeline.run("resend-project")

@@ -46,6 +46,8 @@ def test_run_job_cli_prints_a_summary_and_fails_visibly(pipeline, new_study, liv
     assert json.loads(out.stdout) == {"job": "create-transfer-requests", "created": 1}
     out = subprocess.run(cmd + ["anonymize-and-send"], capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["verified"] == 1
+    out = subprocess.run(cmd + ["populate-incoming"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["written"] == 0, out.stderr
     live_redcap.stop()
     try:
         out = subprocess.run(cmd + ["anonymize-and-send"], capture_output=True, text=True, timeout=120)
