@@ -63,7 +63,7 @@ def patient_values(ctx: Context, study: IncomingStudy) -> tuple[str, str]:
 def wanted(ctx: Context, study: IncomingStudy) -> list[Assignment]:
     """Every assignment the coupling lists and routing rules ask for (all matches, not only the first)."""
     out = [Assignment(e.project, e.participant, e.event, "coupling")
-           for e in coupling.matching(ctx.coupling_entries, study.study_uid, study.get("accession"))]
+           for e in ctx.coupling_for(study.study_uid, study.get("accession"))]
     rules = [r for r in ctx.routing_rules if r.active]
     if rules:
         patient: tuple[str, str] | None = None

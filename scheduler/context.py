@@ -87,6 +87,7 @@ class Context:
         self._last_poll_mono = 0.0
         self._projects: dict[str, ResearchProject] = {}
         self._coupling: list[coupling.CouplingEntry] = []
+        self._coupling_index: tuple[list, dict] | None = None
         self._rules: list[routing.RoutingRule] = []
         self._lists_at = -1e9
         self._events: dict[str, tuple[float, list[tuple[str, str]], bool]] = {}
@@ -231,6 +232,18 @@ class Context:
     def routing_rules(self) -> list[routing.RoutingRule]:
         self.refresh_lists()
         return self._rules
+
+    def coupling_for(self, study_uid: str, accession: str) -> list[coupling.CouplingEntry]:
+        """Entries keyed on this study's UID or accession number (an index, not a scan per study)."""
+        entries = self.coupling_entries
+        if self._coupling_index is None or self._coupling_index[0] is not entries:
+            index: dict[tuple[str, str], list[coupling.CouplingEntry]] = {}
+            for e in entries:
+                index.setdefault((e.key_type, e.key), []).append(e)
+            self._coupling_index = (entries, index)
+        index = self._coupling_index[1]
+        found = index.get(("study_uid", study_uid), []) + (index.get(("accession", accession), []) if accession else [])
+        return coupling.matching(found, study_uid, accession)
 
     def forget_coupling(self, ids: set[str]) -> None:
         self._coupling = [e for e in self._coupling if e.id not in ids]
