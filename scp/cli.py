@@ -85,18 +85,11 @@ def run_scp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
 
 def run_send(args: argparse.Namespace) -> int:
     from fiona_redcap.cli import load_config
     from fiona_redcap.dicom_net import dicom_files, parse_target, send_files
+    from fiona_redcap.progress import bar
 
     cfg = load_config(args)
     if args.to:
@@ -113,7 +106,7 @@ def run_send(args: argparse.Namespace) -> int:
         print("fiona send: no files found", file=sys.stderr)
         return 2
     try:
-        result = send_files(files, aet, host, port, calling_aet=args.aet, progress=_progress if sys.stderr.isatty() or True else None)
+        result = send_files(files, aet, host, port, calling_aet=args.aet, progress=bar)
     except ConnectionError as exc:
         print(f"fiona send: {exc}", file=sys.stderr)
         return 1

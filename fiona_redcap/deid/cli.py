@@ -21,14 +21,6 @@ def register(sub, add_common) -> None:
     p.set_defaults(func=run)
 
 
-def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
 
 def run(args: argparse.Namespace) -> int:
     from pydicom import dcmread
@@ -36,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import load_config
     from ..dicom_net import dicom_files
+    from ..progress import bar
     from . import DeidOptions, DeidRefused, ProjectPolicy, Pseudonymizer, key_from_file, project_key
 
     cfg = load_config(args)
@@ -62,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for n, (study_uid, files) in enumerate(sorted(studies.items()), 1):
         name = engine.pseudo.identifier("study-folder", study_uid, 12).lower()
         try:
-            result = engine.study(files, args.output / name, args.participant, args.event, progress=_progress)
+            result = engine.study(files, args.output / name, args.participant, args.event, progress=bar)
             print(f"study {n}: {result.images} instances written to {result.output_dir} (audit: {result.audit_path.name})")
         except DeidRefused as exc:
             refused += 1
