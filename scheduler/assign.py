@@ -16,7 +16,7 @@ from pydicom import dcmread
 from fiona_redcap import logs
 from fiona_redcap.datadir import keyed_hash, installation_key
 from fiona_redcap.quarantine import find_study
-from fiona_redcap.state import autoid, client, coupling, projects, transfers
+from fiona_redcap.state import autoid, client, projects, transfers
 from fiona_redcap.state.incoming import IncomingStudy
 from fiona_redcap.state.routing import RuleError
 

@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from fiona_redcap.state import client, transfers
+from fiona_redcap.state import transfers
 from tests.fixtures.dicom import wait_for
 
 pytestmark = pytest.mark.slow

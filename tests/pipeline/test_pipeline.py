@@ -2,7 +2,6 @@
 
 import json
 
-from redcap import Project
 
 from fiona_redcap.state import client, transfers
 from tests.fixtures.dicom import Identity
