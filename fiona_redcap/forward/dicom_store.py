@@ -23,12 +23,27 @@ CONTEXTS_PER_ASSOCIATION = 128
 SYNTAXES_PER_CLASS = 3  # stored syntax + two fallbacks
 
 
+class _ServerContext(ssl.SSLContext):
+    """A client context that always names the server it checks (pynetdicom's helpers may pass no hostname)."""
+
+    server_host = ""
+
+    def wrap_socket(self, sock, *args, server_hostname=None, **kwargs):
+        return super().wrap_socket(sock, *args, server_hostname=server_hostname or self.server_host, **kwargs)
+
+
 def tls_context(dest: dict) -> ssl.SSLContext | None:
-    """A client TLS context from the destination's ``tls`` (``ca``, optional ``cert``/``key``)."""
+    """A client TLS context from the destination's ``tls``: the server is verified against ``ca`` (or the
+    system store) and its name; ``cert``/``key`` authenticate FIONA when the PACS asks for a client certificate."""
     tls = dest.get("tls")
     if not tls:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.get("ca"))
+    ctx = _ServerContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.server_host = dest["host"]
+    if tls.get("ca"):
+        ctx.load_verify_locations(cafile=tls["ca"])
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if tls.get("cert"):
         ctx.load_cert_chain(tls["cert"], tls.get("key"))
     return ctx

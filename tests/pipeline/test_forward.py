@@ -1,6 +1,7 @@
 """Forwarders against real peers: C-STORE and C-FIND to Orthanc, SFTP to OpenSSH's sshd."""
 
 import hashlib
+import subprocess
 import zipfile
 
 import pytest
@@ -12,6 +13,7 @@ from fiona_redcap.forward.dicom_store import store_files
 from fiona_redcap.forward.sftp import send_package
 from fiona_redcap.forward.verify import stored_instances
 from tests.fixtures.dicom import make_study
+from tests.fixtures.orthanc import OrthancServer
 
 
 def cfg_with(tmp_path, destinations, default=None):
@@ -90,3 +92,40 @@ def test_sftp_wrong_host_key_is_refused(sshd, tmp_path):
     with pytest.raises(ForwardError, match="host key"):
         send_package(cfg, cfg.raw["destinations"]["o"], study.files, "k-2")
     assert not (sshd.uploads / "x").exists()
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(folder):
+    """A test CA with a server and a client certificate (for DICOM TLS with client authentication)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=FIONA test CA", cwd=folder)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={'127.0.0.1' if name == 'server' else 'fiona-client'}", cwd=folder)
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    return folder
+
+
+def test_cstore_and_cfind_over_tls_with_client_certificate(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    server = OrthancServer(tmp_path / "orthanc-tls", extra={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(pki / "server.crt"), "DicomTlsPrivateKey": str(pki / "server.key"),
+        "DicomTlsTrustedCertificates": str(pki / "ca.crt"), "DicomTlsRemoteCertificateRequired": True})
+    server.start()
+    try:
+        study = make_study(tmp_path / "s", series=1, images=2)
+        tls = {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"), "key": str(pki / "client.key")}
+        cfg = cfg_with(tmp_path, {"tls": server.destination(tls=tls)}, default="tls")
+        assert deliver(cfg, *destination(cfg), study.files, "k-1").images_sent == 2
+        assert len(stored_instances(server.destination(tls=tls), study.study_uid, "FIONA")) == 2
+        no_client_cert = cfg_with(tmp_path, {"tls": server.destination(tls={"ca": str(pki / "ca.crt")})}, default="tls")
+        with pytest.raises(ForwardError):
+            deliver(no_client_cert, *destination(no_client_cert), study.files, "k-2")
+    finally:
+        server.stop()
