@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "scheduler.cli",
     "fiona_redcap.web.cli",
     "fiona_redcap.deid.cli",
+    "fiona_redcap.projects_cli",
     "fiona_redcap.export.cli",
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import json
 import re
 import sqlite3
@@ -867,7 +868,8 @@ def create_app(store: Store) -> Flask:
             log.error("redcap.db_error", extra={"event": "redcap.db_error", "fields": {"error": type(exc).__name__}})
             return error_response("The database is busy; please try again", 503, fmt)
         finally:
-            logs.log_event(log, "redcap.api", content=content, action=action, status=status,
-                           ms=int((time.monotonic() - started) * 1000))
+            quiet = action == "export" and status < 400  # polls are frequent; writes and errors always show
+            logs.log_event(log, "redcap.api", logging.DEBUG if quiet else logging.INFO, content=content, action=action,
+                           status=status, ms=int((time.monotonic() - started) * 1000))
 
     return app
