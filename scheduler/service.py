@@ -84,25 +84,20 @@ def serve(cfg: Config, stop: threading.Event) -> int:
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     ctx = Context(cfg)
     status = Status(cfg, ctx)
+    status.write()
+    print(f"scheduler running (jobs: {', '.join(JOBS)})", flush=True)
+    logs.log_event(log, "scheduler.started", jobs=",".join(JOBS))
     try:
         with ctx.lock:
             ctx.warm_up()
     except Exception as exc:  # REDCap may be down at start: the jobs report it and retry
-        logs.log_event(log, "scheduler.warm_up_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
+        logs.log_event(log, "scheduler.warm_up_failed", logging.WARNING, error=safe_reason(exc)[:300])
     scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
     for name, (_, default) in JOBS.items():
+        # Every job runs once at start, so a restart finishes interrupted work at once.
         scheduler.add_job(guarded, "interval", args=(ctx, status, name), seconds=cfg.job_interval(name, default),
-                          id=name, name=name, next_run_time=None)
+                          id=name, name=name, next_run_time=_now())
     scheduler.start()
-    status.write()
-    # First runs right away, in a sensible order, so a restart finishes interrupted work at once.
-    for name in ("create-transfer-requests", "anonymize-and-send"):
-        scheduler.modify_job(name, next_run_time=_now())
-    for name in JOBS:
-        if scheduler.get_job(name).next_run_time is None:
-            scheduler.modify_job(name, next_run_time=_now())
-    print(f"scheduler running (jobs: {', '.join(JOBS)})", flush=True)
-    logs.log_event(log, "scheduler.started", jobs=",".join(JOBS))
     while not stop.wait(5):
         status.write()
     scheduler.shutdown(wait=True)
