@@ -545,6 +545,13 @@ def record_export(req: Request):
         header = list(rows[0].keys()) if rows else ["record", "field_name", "value"]
     if req.fmt == "csv" and (req.params.get("rawOrLabelHeaders") or "raw") == "label":
         labels = {m["field_name"]: m["field_label"] for m in design.metadata}
+        labels.update({"redcap_event_name": "Event Name", "redcap_repeat_instrument": "Repeat Instrument",
+                       "redcap_repeat_instance": "Repeat Instance", "redcap_data_access_group": "Data Access Group"})
+        for m in design.metadata:
+            for code, label in records.choices_of(m) if m["field_type"] == "checkbox" else []:
+                labels[f"{m['field_name']}___{records._checkbox_suffix(code)}"] = f"{m['field_label']} (choice={label})"
+        for form in design.form_order():
+            labels.setdefault(f"{form}_complete", "Complete?")
         renamed = [labels.get(h, h) for h in header]
         rows = [{renamed[i]: r.get(h, "") for i, h in enumerate(header)} for r in rows]
         header = renamed

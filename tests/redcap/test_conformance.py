@@ -311,3 +311,43 @@ def test_project_xml_round_trip(live_redcap, longitudinal):
     assert without_ids(copy.export_events()) == without_ids(longitudinal.export_events())
     assert copy.export_repeating_instruments_events() == longitudinal.export_repeating_instruments_events()
     assert copy.export_records() == longitudinal.export_records()
+
+
+def test_user_roles_users_import_and_dags(live_redcap, classic):
+    """REDCap API: userRole import/export, user import (rights by field), dag export (empty without DAGs)."""
+    assert classic.import_user_roles([{"role_label": "Readers", "api_export": 1, "data_export": 1}]) == 1
+    roles = classic.export_user_roles()
+    assert [r["role_label"] for r in roles] == ["Readers"] and roles[0]["api_export"] == 1 and roles[0]["unique_role_name"]
+    assert classic.import_users([{"username": "dave", "api_export": 1, "record_create": 0}]) == 1
+    dave = next(u for u in classic.export_users() if u["username"] == "dave")
+    assert dave["api_export"] == 1 and dave["record_create"] == 0 and dave["design"] == 0
+    assert classic.export_dags() == []
+    csv_users = classic.export_users(format_type="csv")
+    assert csv_users.splitlines()[0].startswith("username,email,firstname,lastname")
+
+
+def test_arms_events_and_mapping_import(live_redcap):
+    token = live_redcap.new_project("Events", longitudinal=True, dictionary=full(DICTIONARY))
+    p = Project(live_redcap.url, token, timeout=30)
+    assert p.import_arms([{"arm_num": 1, "name": "Main"}, {"arm_num": 2, "name": "Extension"}], override=1) == 2
+    assert p.import_events([{"event_name": "Screening", "arm_num": 1}, {"event_name": "Visit 1", "arm_num": 2}], override=1) == 2
+    assert [e["unique_event_name"] for e in p.export_events()] == ["screening_arm_1", "visit_1_arm_2"]
+    assert p.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": "screening_arm_1", "form": "demo"}]) == 1
+    assert p.export_instrument_event_mappings() == [{"arm_num": 1, "unique_event_name": "screening_arm_1", "form": "demo"}]
+    with pytest.raises(RedcapError, match="does not exist"):
+        p.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": "nope_arm_1", "form": "demo"}])
+    p.import_records([{"record_id": "E1", "redcap_event_name": "screening_arm_1", "name": "x"}])
+    with pytest.raises(RedcapError, match="not part of"):
+        p.import_records([{"record_id": "E1", "redcap_event_name": "visit_1_arm_2", "name": "y"}])  # demo is not on that event
+
+
+def test_xml_and_csv_record_formats_and_labels_in_headers(classic):
+    xml = '<?xml version="1.0" encoding="UTF-8" ?><records><item><record_id>X1</record_id><name>Xavier</name></item></records>'
+    assert classic.import_records(xml, import_format="xml") == {"count": 1}
+    assert classic.export_records(records=["X1"])[0]["name"] == "Xavier"
+    csv_labels = classic.export_records(records=["X1"], format_type="csv", raw_or_label_headers="label")
+    header = csv_labels.splitlines()[0]
+    assert header.startswith("ID,Repeat Instrument,Repeat Instance,Name,DOB,Age")
+    assert "Tools (choice=CT)" in header and "Complete?" in header
+    tab = classic.export_records(records=["X1"], format_type="csv", export_checkbox_labels=True)
+    assert "X1" in tab
