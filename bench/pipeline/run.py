@@ -83,6 +83,11 @@ def main() -> int:
     print(f"working in {work}", flush=True)
     procs = []
     redcap = RedcapServer(work / "redcap")
+    # The server logs every API call; reads only at DEBUG (they are frequent), so ask for DEBUG to count them all.
+    server_cfg = redcap.data_dir / "config.json"
+    raw_server = json.loads(server_cfg.read_text()) if server_cfg.exists() else {}
+    raw_server["log"] = {"level": "DEBUG", "format": "kv"}
+    server_cfg.write_text(json.dumps(raw_server))
     redcap.start()
     procs.append(redcap)
     pacs = OrthancServer(work / "orthanc")
@@ -132,6 +137,9 @@ def main() -> int:
         reads = json.loads(poll_file.read_text())["periodic_reads"] - reads_before
         calls = api_calls(redcap_log, last_image, time.time())
         per_study = sum(calls.values()) - reads
+        if calls.get("record/export", 0) < reads:
+            raise SystemExit("the REDCap server's log misses calls (fewer record exports than the scheduler's polls); "
+                             "is it logging at DEBUG?")
         print(f"quiet period: {args.quiet:.1f} s")
         print(f"last image to verified: {window:.2f} s")
         print(f"REDCap calls from the last image to the scheduler's stop: {sum(calls.values())} "
