@@ -60,7 +60,10 @@ def test_invalid_assignment_fails_visibly_without_identifiers_and_without_retry(
     form_request(pipeline, study.study_uid, "STRICT", "bad-id")
     form_request(pipeline, study.study_uid, "CLOSED", "C001")
     form_request(pipeline, study.study_uid, "NOSUCH", "X1")
+    good = received(pipeline, new_study, series=1, images=1)
+    form_request(pipeline, good.study_uid, "STRICT", "S001")  # requested last: the failures before it do not block it
     pipeline.run("anonymize-and-send")
+    assert pipeline.transfers(good.study_uid)[0].state == "verified"
     by_project = {t.project: t for t in pipeline.transfers(study.study_uid)}
     assert "does not match the pattern" in by_project["STRICT"].last_error
     assert "ethics approval of CLOSED ended" in by_project["CLOSED"].last_error
@@ -68,7 +71,7 @@ def test_invalid_assignment_fails_visibly_without_identifiers_and_without_retry(
     for t in by_project.values():
         assert (t.state, t.next_attempt, t.lease) == ("failed", "", "")
         assert study.identity.patient_id not in t.last_error and study.identity.accession not in t.last_error
-    assert pipeline.pacs.get("/studies") == []
+    assert len(pipeline.pacs.get("/studies")) == 1  # only the good one
 
 
 def test_destination_down_backs_off_then_delivers_and_stays_failed_after_last_attempt(pipeline, new_study):
