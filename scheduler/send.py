@@ -119,6 +119,7 @@ def process(ctx: Context, item: Work) -> str:
     quiet = float(ctx.cfg.raw["timing"]["quiet_period_seconds"])
     if q is not None and not q.is_complete(study.study_uid, quiet):
         return "waiting"  # images are still arriving: send after the quiet period, not a partial study
+    begun = transfers.now_text()  # the sent date: a resend asked for while this runs is later, so it is not lost
     if not (t.state == "processing" and ctx.holds(t)):
         ctx.write(t, state="processing", lease=ctx.lease_value(), attempts=t.attempts + 1)
     started = time.monotonic()
@@ -127,7 +128,7 @@ def process(ctx: Context, item: Work) -> str:
     try:
         if q is None:
             raise Refused("the study is no longer in the quarantine (removed by retention); it cannot be sent again")
-        values = send_study(ctx, study, t, q, item.mode)
+        values = send_study(ctx, study, t, q, item.mode, begun)
     except Refused as exc:
         reason = str(exc)
         ctx.write(t, state="failed", last_error=reason[:1000], next_attempt="", lease="")
@@ -176,7 +177,7 @@ def _sop_uids(files: list[Path]) -> dict[str, Path]:
     return {str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID): f for f in files}
 
 
-def send_study(ctx: Context, study: IncomingStudy, t: Transfer, q, mode: str) -> dict:
+def send_study(ctx: Context, study: IncomingStudy, t: Transfer, q, mode: str, begun: str) -> dict:
     """Validate, pseudonymize into staging, forward, verify and report; returns the fields to write."""
     from .pseudonymize import pseudonymize  # the engine is imported only when there is work
 
@@ -202,7 +203,7 @@ def send_study(ctx: Context, study: IncomingStudy, t: Transfer, q, mode: str) ->
         shutil.rmtree(staging, ignore_errors=True)
     _keep_audit(ctx, staging)
     now = transfers.now_text()
-    values = {"sent_at": now, "images_sent": len(files), "mapped_study_uid": result.study_uid, "destination": name,
+    values = {"sent_at": begun, "images_sent": len(files), "mapped_study_uid": result.study_uid, "destination": name,
               "lease": "", "next_attempt": ""}
     if verify_error is None and verified == len(files):
         values.update(state="verified", verified_at=now, images_verified=verified, last_error="")

@@ -106,3 +106,32 @@ def test_redcap_restarted_mid_run_loses_nothing(pipeline, new_study, scheduler_f
     wait_for(lambda: len(imaging_rows(rc)) == 1, 30, what="the Imaging instance")
     assert "transfer.write_queued" in svc.log_text() and "outbox.flushed" in svc.log_text()
     assert study.identity.patient_id not in svc.log_text() and study.identity.accession not in svc.log_text()
+
+
+def test_resend_asked_for_while_sending_is_not_lost(pipeline, new_study):
+    from fiona_redcap.state import client
+    from tests.pipeline.test_jobs import form_request
+
+    pipeline.research_project("RACING", regex=r"Z[0-9]{2}", redcap=False)
+    study = new_study(series=2, images=150)
+    pipeline.send(study)
+    pipeline.wait_incoming(study.study_uid)
+    form_request(pipeline, study.study_uid, "RACING", "Z01")
+    incoming = client.control_project(pipeline.cfg, "incoming")
+    asked = threading.Event()
+
+    def person_resends():
+        time.sleep(1.1)  # a later second than the start of the send
+        (t,) = pipeline.transfers(study.study_uid)
+        transfers.resend(incoming, t, requested_by="someone")
+        asked.set()
+
+    watcher = when_pacs_has(pipeline.pacs, 1, person_resends)
+    pipeline.run("anonymize-and-send")
+    watcher.join(30)
+    assert asked.is_set()
+    (t,) = pipeline.transfers(study.study_uid)
+    assert t.needs_send, (t.state, t.requested_at, t.sent_at)  # the person's request still stands
+    pipeline.run("resend-project")
+    (t,) = pipeline.transfers(study.study_uid)
+    assert t.state == "verified" and not t.needs_send and t.images_verified == 300
