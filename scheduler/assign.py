@@ -20,7 +20,7 @@ from fiona_redcap.state import autoid, client, projects, transfers
 from fiona_redcap.state.incoming import IncomingStudy
 from fiona_redcap.state.routing import RuleError
 
-from .context import Context
+from .context import Context, safe_reason
 
 log = logs.get_logger("fiona.scheduler")
 
@@ -110,7 +110,7 @@ def create_requests(ctx: Context, start_now: bool = False, sources: frozenset[st
             raise
         except Exception as exc:  # one study's problem (e.g. an AutoID pattern that cannot generate) must not stop the others
             with logs.correlation(study.key or None):
-                logs.log_event(log, "assign.error", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
+                logs.log_event(log, "assign.error", logging.WARNING, error=safe_reason(exc)[:300])
             continue
         for a in found:
             if a.source not in sources:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -38,6 +39,16 @@ FULL_RESYNC_SECONDS = 3600
 MIN_POLL_GAP = 0.0  # polls are cheap (changes only); a gap would let a job miss a write made just before it
 LEASE_SECONDS = 1800
 LIST_TTL_SECONDS = 300  # lists are re-read by create-transfer-requests; other jobs re-read them only if older
+
+
+UID_LIKE = re.compile(r"\d+(?:\.\d+){3,}")
+
+
+def safe_reason(exc: Exception) -> str:
+    """An unexpected error as text fit for REDCap and logs: no file names (they hold UIDs), no UID-like values."""
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or 'input/output error'}"
+    return UID_LIKE.sub("[uid]", f"{type(exc).__name__}: {exc}")
 
 
 def _proc_start(pid: int) -> str:

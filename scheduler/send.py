@@ -17,7 +17,6 @@ import json
 
 import datetime as dt
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from fiona_redcap.state.projects import ProjectError
 from fiona_redcap.state.transfers import Transfer, parse_time
 
 from . import assign, research
-from .context import Context
+from .context import Context, safe_reason
 
 log = logs.get_logger("fiona.scheduler")
 RUN_BUDGET_SECONDS = 600.0  # a run starts no new transfer after this long; the next run continues
@@ -147,16 +146,6 @@ def process(ctx: Context, item: Work) -> str:
     logs.log_event(log, "transfer.done", instance=t.instance, state=values["state"], images=values["images_sent"],
                    seconds=round(time.monotonic() - started, 2))
     return values["state"] if values["state"] != "failed" else "failed"
-
-
-UID_LIKE = re.compile(r"\d+(?:\.\d+){3,}")
-
-
-def safe_reason(exc: Exception) -> str:
-    """An unexpected error as text fit for REDCap and logs: no file names (they hold UIDs), no UID-like values."""
-    if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc.strerror or 'input/output error'}"
-    return UID_LIKE.sub("[uid]", f"{type(exc).__name__}: {exc}")
 
 
 def _problem(ctx: Context, t: Transfer):

@@ -20,9 +20,8 @@ from fiona_redcap import logs
 from fiona_redcap.config import Config
 from fiona_redcap.quarantine import read_json, write_json_atomic
 
-from .context import Context
+from .context import Context, safe_reason
 from .jobs import JOBS, run_job
-from .send import safe_reason
 
 log = logs.get_logger("fiona.scheduler")
 
