@@ -13,9 +13,8 @@ counts, never a patient identifier.
 
 from __future__ import annotations
 
-import json
-
 import datetime as dt
+import json
 import logging
 import shutil
 import time
