@@ -93,7 +93,10 @@ def run(ctx: Context) -> dict:
     stale = 0
     if staging.exists():
         for d in staging.iterdir():
-            if d.is_dir() and time.time() - d.stat().st_mtime > STAGING_MAX_AGE:
-                shutil.rmtree(d, ignore_errors=True)
+            if d.name != "packages" and time.time() - d.stat().st_mtime > STAGING_MAX_AGE:
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)  # audit/review records of attempts that failed after pseudonymizing
                 stale += 1
     return {"removed": len(removed), "coupling_expired": len(expired), "staging_removed": stale, "alarms": alarms}
