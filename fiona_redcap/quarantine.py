@@ -11,6 +11,8 @@ Folder and file names are built only from validated UIDs (:func:`valid_uid`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from .config import Config
 
@@ -31,10 +34,20 @@ def valid_uid(uid: object) -> bool:
     return isinstance(uid, str) and 0 < len(uid) <= 64 and UID_RE.match(uid) is not None
 
 
-def study_lock(study_uid: str) -> threading.RLock:
-    """A process-wide lock per study (receiver threads and the completion thread share study files)."""
+@contextlib.contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """Exclusive access to a study's index files: a thread lock for this process's receiver and
+    completion threads, and an flock on ``<study>/.lock`` for receiver worker processes."""
     with _locks_guard:
-        return _locks.setdefault(study_uid, threading.RLock())
+        lock = _locks.setdefault(str(study_dir), threading.RLock())
+    with lock:
+        study_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(study_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
 
 def write_json_atomic(path: Path, data: dict, durable: bool = False) -> None:
@@ -116,7 +129,9 @@ class Quarantine:
 
     def remove_study(self, study_uid: str) -> None:
         d = self.study_dir(study_uid)
-        with study_lock(study_uid):
+        if not d.exists():
+            return
+        with study_lock(d):
             if d.exists():
                 trash = self.root / f".removing-{os.getpid()}-{threading.get_ident()}"
                 os.replace(d, trash)

@@ -17,6 +17,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--port", type=int, help="port of the main site (default from config, 11112)")
     p.add_argument("--aet", help="AE title of the main site (default from config, FIONA)")
     p.add_argument("--rules", help="classification rules file (classifyRules.json format; default: shipped rules)")
+    p.add_argument("--workers", type=int, default=1, help="receiver processes sharing each port (default 1; e.g. the number of cores)")
     p.set_defaults(func=run_scp)
 
     s = sub.add_parser("send", help="send DICOM files or folders (recursively) with C-STORE")
@@ -44,7 +45,7 @@ def run_scp(args: argparse.Namespace) -> int:
 
     from .classify import Classifier, RulesError
     from .completion import Completion
-    from .server import start_all
+    from .server import clean_after_crash, start_all
 
     cfg = load_config(args)
     try:
@@ -52,10 +53,14 @@ def run_scp(args: argparse.Namespace) -> int:
     except RulesError as exc:
         print(f"fiona scp: {exc}", file=sys.stderr)
         return 2
+    clean_after_crash(cfg)
+    workers = [_spawn_worker(cfg, classifier, args.port, args.aet) for _ in range(max(0, args.workers - 1))]
     try:
-        receivers = start_all(cfg, classifier, args.port, args.aet)
+        receivers = start_all(cfg, classifier, args.port, args.aet, clean=False)
     except OSError as exc:
         print(f"fiona scp: cannot listen: {exc.strerror}", file=sys.stderr)
+        for w in workers:
+            w.terminate()
         return 1
     completion = Completion(cfg, {r.name: r.q for r in receivers})
     completion.start()
@@ -79,11 +84,45 @@ def run_scp(args: argparse.Namespace) -> int:
         })
     for r in receivers:
         r.stop()
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.join(20)
     completion.stop()
     completion.tick()
     completion.flush()
     return 0
 
+
+
+def _worker_main(cfg, classifier, port, aet) -> None:
+    """A receiver process sharing the ports of the main one; dies with it."""
+    import ctypes
+
+    from fiona_redcap import logs
+
+    from .server import start_all
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the main receiver
+    except OSError:
+        pass
+    logs.setup(cfg.raw["log"]["level"], cfg.raw["log"]["format"])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    receivers = start_all(cfg, classifier, port, aet, clean=False)
+    stop.wait()
+    for r in receivers:
+        r.stop()
+
+
+def _spawn_worker(cfg, classifier, port, aet):
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_worker_main, args=(cfg, classifier, port, aet), daemon=True)
+    proc.start()
+    return proc
 
 
 def run_send(args: argparse.Namespace) -> int:

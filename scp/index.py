@@ -28,7 +28,7 @@ def record_instance(q: Quarantine, ds: Dataset, site: str, calling_aet: str, cal
     now = now or time.time()
     study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
     study_dir = q.study_dir(study_uid)
-    with study_lock(study_uid):
+    with study_lock(study_dir):
         series_path = study_dir / f"{series_uid}.json"
         series = read_json(series_path)
         if series is None:
@@ -82,7 +82,7 @@ def record_instance(q: Quarantine, ds: Dataset, site: str, calling_aet: str, cal
 def rebuild_study(q: Quarantine, study_uid: str, classifier: Classifier) -> dict | None:
     """Recount a study's summaries from its files (keeps arrival times and REDCap instance numbers)."""
     study_dir = q.study_dir(study_uid)
-    with study_lock(study_uid):
+    with study_lock(study_dir):
         study = read_json(study_dir / "study.json")
         if study is None:
             return None
@@ -114,7 +114,7 @@ def rebuild_study(q: Quarantine, study_uid: str, classifier: Classifier) -> dict
 
 def mark(q: Quarantine, study_uid: str, **values) -> dict | None:
     """Set study-level state (e.g. complete, reported_images) if nothing arrived meanwhile."""
-    with study_lock(study_uid):
+    with study_lock(q.study_dir(study_uid)):
         path = q.study_dir(study_uid) / "study.json"
         study = read_json(path)
         if study is None:

@@ -23,6 +23,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 import pynetdicom.association as _association_module
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 
 from fiona_redcap import logs
@@ -73,6 +74,15 @@ class AssocStats:
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     studies: set = field(default_factory=set)
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port several receiver processes can share (SO_REUSEPORT):
+    the kernel spreads incoming associations over the processes, and so over the cores."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class SiteReceiver:
@@ -228,8 +238,9 @@ class SiteReceiver:
         ]
         ae = self.build_ae()
         address = (host or self.site.get("host", "127.0.0.1"), port if port is not None else self.site["port"])
-        self.server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=self.ssl_context())
+        self.server = ae.make_server(address, evt_handlers=handlers, ssl_context=self.ssl_context(), server_class=ReusePortServer)
         self.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self.server.serve_forever, name=f"scp-{self.name}", daemon=True).start()
         receiver = self
 
         def verify_request(request, client_address) -> bool:
@@ -258,17 +269,32 @@ def chunk_dir(cfg: Config) -> Path:
     return path
 
 
-def start_all(cfg: Config, classifier: Classifier, port: int | None = None, aet: str | None = None) -> list[SiteReceiver]:
-    """Start every site's SCP; ``port``/``aet`` override the main site's."""
-    tempfile.tempdir = str(chunk_dir(cfg))
-    for leftover in Path(tempfile.tempdir).glob("*.dcm"):
-        leftover.unlink(missing_ok=True)
-    receivers = []
+def site_list(cfg: Config, port: int | None = None, aet: str | None = None) -> list[dict]:
+    """Every site, with ``port``/``aet`` overriding the main site's."""
+    out = []
     for site in cfg.sites():
         if site["name"] == "main":
             site = dict(site, port=port if port is not None else site["port"], aet=aet or site["aet"])
+        out.append(site)
+    return out
+
+
+def clean_after_crash(cfg: Config) -> None:
+    """Remove what a killed receiver left behind: never-acknowledged temporaries. Run before any worker starts."""
+    for leftover in chunk_dir(cfg).glob("*.dcm"):
+        leftover.unlink(missing_ok=True)
+    for site in cfg.sites():
+        storage.clean_temporaries(Quarantine(site["data_dir"]).root)
+
+
+def start_all(cfg: Config, classifier: Classifier, port: int | None = None, aet: str | None = None, clean: bool = True) -> list[SiteReceiver]:
+    """Start every site's SCP in this process."""
+    tempfile.tempdir = str(chunk_dir(cfg))
+    if clean:
+        clean_after_crash(cfg)
+    receivers = []
+    for site in site_list(cfg, port, aet):
         receiver = SiteReceiver(cfg, site, classifier)
-        storage.clean_temporaries(receiver.q.root)
         receiver.start()
         receivers.append(receiver)
     return receivers

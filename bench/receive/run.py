@@ -74,7 +74,7 @@ def start_storescp(out: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_fiona(data: Path) -> tuple[subprocess.Popen, int]:
+def start_fiona(data: Path, workers: int = 1) -> tuple[subprocess.Popen, int]:
     init_data_dir(data)
     cfg = json.loads((data / "config.json").read_text())
     cfg["dicom"]["aet"] = "BENCH"
@@ -83,7 +83,8 @@ def start_fiona(data: Path) -> tuple[subprocess.Popen, int]:
     cfg["timing"] = {"quiet_period_seconds": 3600}
     (data / "config.json").write_text(json.dumps(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fiona_redcap.cli", "scp", "--data-dir", str(data), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "fiona_redcap.cli", "scp", "--data-dir", str(data), "--port", str(port),
+                             "--workers", str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "listening" in proc.stdout.readline()
     return proc, port
@@ -101,7 +102,8 @@ def main() -> int:
     four = split(files, tmp / "split", 4)
     results = {}
     for name, starter in (("storescp", lambda run: start_storescp(tmp / f"storescp-{run}")),
-                          ("FIONA", lambda run: start_fiona(tmp / f"fiona-{run}"))):
+                          ("FIONA", lambda run: start_fiona(tmp / f"fiona-{run}")),
+                          (f"FIONA --workers {os.cpu_count()}", lambda run: start_fiona(tmp / f"fionaw-{run}", os.cpu_count() or 2))):
         for label, folders in (("1 association", one), ("4 associations", four)):
             proc, port = starter(label[0])
             try:
@@ -113,8 +115,9 @@ def main() -> int:
             results[(name, label)] = seconds
             print(f"  {name}, {label}: {len(files) / seconds:,.0f} images/s, {total_mb / seconds:,.1f} MB/s", flush=True)
     for label in ("1 association", "4 associations"):
-        ratio = results[("storescp", label)] / results[("FIONA", label)]
-        print(f"ratio FIONA/storescp, {label}: {ratio:.2f}")
+        for name in [k[0] for k in results if k[0].startswith("FIONA") and k[1] == label]:
+            ratio = results[("storescp", label)] / results[(name, label)]
+            print(f"ratio {name}/storescp, {label}: {ratio:.2f}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -261,3 +261,22 @@ def test_kill9_during_a_large_send_loses_no_acknowledged_image(tmp_path, scp_fac
     svc2 = scp_factory(svc.data_dir, port=svc.port)
     assert storescu(svc2.port, folder).returncode == 0
     assert len(q.instances(study.study_uid)) == 1000
+
+
+def test_worker_processes_share_the_port_without_losing_index_updates(tmp_path, scp_factory):
+    svc = scp_factory(data_dir(tmp_path), extra=["--workers", "2"])
+    ident = Identity()
+    study_uid = generate_uid()
+    parts = [make_study(tmp_path / f"part{i}", series=1, images=40, ident=ident, study_uid=study_uid) for i in range(4)]
+    senders = [subprocess.Popen([DCMTK + "storescu", "-aec", "FIONA", "+sd", "+r", "127.0.0.1", str(svc.port), str(p.folder)],
+                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for p in parts]
+    for s in senders:
+        assert s.wait(120) == 0
+    q = Quarantine(svc.data_dir)
+    assert len(q.instances(study_uid)) == 160
+    info = json.loads((q.study_dir(study_uid) / "study.json").read_text())
+    assert info["images"] == 160 and len(info["series_instances"]) == 4  # every update of the shared index kept
+    assert sorted(s["images"] for s in q.series_summaries(study_uid)) == [40, 40, 40, 40]
+    svc.stop()
+    stray = subprocess.run(["pgrep", "-f", f"--port {svc.port}"], capture_output=True, text=True).stdout.split()
+    assert stray == []  # worker processes stop with the receiver
