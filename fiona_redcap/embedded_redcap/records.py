@@ -222,7 +222,8 @@ def export_flat(store: Store, db: sqlite3.Connection, project_id: int, design: D
                 if not instrument and not has_value and not design.repeating_event(event):
                     # The base row of a record that only has repeating data still appears (as in
                     # REDCap) unless the export selects only repeating data.
-                    if any(k[0] for k in ev) and not any(c.form in row_forms for c in cols):
+                    # A selection of only the record ID keeps every row (REDCap lists each row's keys).
+                    if cols and any(k[0] for k in ev) and not any(c.form in row_forms for c in cols):
                         continue
                 if node is not None and not logic.evaluate(node, _resolver(design, rec, event, instrument, instance)):
                     continue
@@ -234,6 +235,11 @@ def export_flat(store: Store, db: sqlite3.Connection, project_id: int, design: D
         if isinstance(inst, int):
             row["redcap_repeat_instance"] = inst
     return header, rows
+
+
+def _survey_timestamp(design: Design, column: str, meta: dict) -> bool:
+    """REDCap ignores the survey pseudo-field ``<form>_timestamp`` on import (it is not a real field)."""
+    return column.endswith("_timestamp") and column not in meta and column[: -len("_timestamp")] in design.form_order()
 
 
 def _form_has_data(design: Design, form: str, values: dict) -> bool:
@@ -406,7 +412,7 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
         forms_here = set(design.forms_on_event(event))
         allowed_forms = {instrument} if instrument else (forms_here if repeat_event else forms_here - design.repeating_forms(event))
         for column, value in row.items():
-            if column in SPECIAL or column == rid:
+            if column in SPECIAL or column == rid or _survey_timestamp(design, column, meta):
                 continue
             value = "" if value is None else str(value)
             if column in checkbox_cols:
@@ -472,8 +478,7 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
                 "INSERT OR IGNORE INTO data(project_id, record, event, instrument, instance, field, value) VALUES (?,?,?,?,?,?,?)",
                 (project_id, record, first_event, "", 1, rid, record),
             )
-        else:
-            db.execute("UPDATE records SET modified_at=? WHERE project_id=? AND record=?", (stamp, project_id, record))
+    stored = _current_values(db, project_id, [r for r in records_in_file if r in existing])
     row_instance: dict[int, int] = {}
     for idx, row in enumerate(rows):
         if str(row.get("redcap_repeat_instance", "")).strip() == "new":
@@ -500,6 +505,7 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
             _, code = checkbox_cols[column]
             cur = db.execute("SELECT value FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND instance=? AND field=?", key).fetchone()
             codes = [c for c in (cur[0].split("\x1f") if cur else []) if c]
+            before = list(codes)
             if value == "1" and code not in codes:
                 codes.append(code)
             elif value == "0" and code in codes:
@@ -508,17 +514,31 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
                 if not opts.overwrite:
                     continue
                 codes = [c for c in codes if c != code]
+            if codes == before:
+                continue
+            desc = f"{column} = '{'checked' if code in codes else 'unchecked'}'"
             value = "\x1f".join(codes)
+        elif stored.get(key[1:], "") == value:
+            continue  # REDCap logs (and dates) only what changes
+        else:
+            desc = f"{column} = '{value}'"
         if value == "":
             if opts.overwrite or column in checkbox_cols:
                 ops.append(("del", key))
+                stored.pop(key[1:], None)
+                touched[rec].append(desc)
             continue
         ops.append(("up", key + (value,)))
+        stored[key[1:]] = value
         if column in checkbox_cols:
             _flush(db, ops)
-        touched[rec].append(f"{column} = '{value}'" if column not in checkbox_cols else f"{column} = '{'checked' if value else 'unchecked'}'")
+        touched[rec].append(desc)
     _flush(db, ops)
     for record in records_in_file:
+        if record in existing and not touched.get(record):
+            continue
+        if record in existing:
+            db.execute("UPDATE records SET modified_at=? WHERE project_id=? AND record=?", (stamp, project_id, record))
         action = "record_add" if record not in existing else "record_edit"
         store.log(db, project_id, username, action, record, ", ".join(touched.get(record, []))[:4000])
 
@@ -535,6 +555,18 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
 UPSERT = ("INSERT INTO data(project_id, record, event, instrument, instance, field, value) VALUES (?,?,?,?,?,?,?) "
           "ON CONFLICT(project_id, record, event, instrument, instance, field) DO UPDATE SET value=excluded.value")
 DELETE = "DELETE FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND instance=? AND field=?"
+
+
+def _current_values(db: sqlite3.Connection, project_id: int, records: list[str]) -> dict[tuple, str]:
+    """Stored values of these records, keyed (record, event, instrument, instance, field)."""
+    out: dict[tuple, str] = {}
+    for i in range(0, len(records), 500):
+        chunk = records[i:i + 500]
+        for rec, ev, ins, inst, field, value in db.execute(
+                "SELECT record, event, instrument, instance, field, value FROM data WHERE project_id=? "
+                f"AND record IN ({','.join('?' * len(chunk))})", [project_id, *chunk]):
+            out[(rec, ev, ins, inst, field)] = value
+    return out
 
 
 def _flush(db: sqlite3.Connection, ops: list[tuple[str, tuple]]) -> None:
@@ -565,6 +597,7 @@ def delete_records(store: Store, db: sqlite3.Connection, project_id: int, design
                    instrument: str = "", event: str = "", repeat_instance: str = "") -> int:
     if not records:
         raise ApiError("You did not provide any records to delete")
+    records = list(dict.fromkeys(records))  # a record named twice is deleted (and counted) once
     existing = {r[0] for r in db.execute("SELECT record FROM records WHERE project_id=?", (project_id,))}
     missing = [r for r in records if r not in existing]
     if missing:

@@ -1,0 +1,107 @@
+"""Details of REDCap's behaviour that FIONA's pollers and scripts depend on, checked through PyCap over HTTP.
+
+Where a test asserts REDCap's documented behaviour, the docstring says so ("REDCap API: ...").
+"""
+
+import csv
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import requests
+from redcap import Project
+
+from fiona_redcap.embedded_redcap.api import normalize_dictionary
+
+from .test_conformance import classic, post  # noqa: F401  (fixture)
+
+INSTRUMENTS = Path(__file__).resolve().parents[2] / "instruments"
+
+
+def keys(rows):
+    return [(r["record_id"], r["redcap_repeat_instrument"], r["redcap_repeat_instance"]) for r in rows]
+
+
+def test_record_id_only_export_lists_every_row(classic):
+    """REDCap API: exporting only the record ID field gives one row per record, event and repeat instance."""
+    classic.import_records([
+        {"record_id": "1", "name": "A", "age": "30"},
+        {"record_id": "1", "redcap_repeat_instrument": "scan", "redcap_repeat_instance": "1", "scan_images": "3"},
+        {"record_id": "2", "name": "B"},
+    ])
+    assert keys(classic.export_records(fields=["record_id"])) == [("1", "", ""), ("1", "scan", 1), ("2", "", "")]
+    # filter logic on a non-repeating field also holds on the record's repeating rows
+    assert keys(classic.export_records(fields=["record_id"], filter_logic="[age] > 20")) == [("1", "", ""), ("1", "scan", 1)]
+
+
+def test_an_import_that_changes_nothing_is_not_a_modification(classic):
+    """REDCap: dateRangeBegin follows the logging; an import with unchanged values logs nothing,
+    so FIONA's pollers do not see their own no-op write-backs as new work."""
+    classic.import_records([{"record_id": "1", "name": "A", "tools___ct": "1"}])
+    time.sleep(1.1)
+    mark = dt.datetime.now()
+    time.sleep(1.1)
+    log_before = post_log(classic)
+    assert classic.import_records([{"record_id": "1", "name": "A", "tools___ct": "1", "tools___mr": "0"}]) == {"count": 1}
+    assert classic.export_records(date_begin=mark) == []
+    assert post_log(classic) == log_before
+    classic.import_records([{"record_id": "1", "tools___mr": "1"}])
+    assert {r["record_id"] for r in classic.export_records(date_begin=mark)} == {"1"}
+    newest = post_log(classic)[0]
+    assert newest["action"] == "Updated Record 1" and newest["details"] == "tools___mr = 'checked'"
+
+
+def post_log(project):
+    resp = requests.post(project.url, data={"token": project.token, "content": "log", "format": "json", "logtype": "record"}, timeout=30)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_survey_pseudo_fields_are_ignored_on_import(classic):
+    """REDCap API: redcap_survey_identifier and <form>_timestamp are pseudo-fields, ignored on import."""
+    assert classic.import_records([{"record_id": "7", "redcap_survey_identifier": "", "demo_timestamp": "2024-01-01 10:00", "name": "S"}]) == {"count": 1}
+    assert classic.export_records(records=["7"], fields=["name"])[0]["name"] == "S"
+    # any other unknown column is still an error
+    resp = post(classic, token=classic.token, content="record", format="json", data=json.dumps([{"record_id": "7", "demo_timestamps": "x"}]))
+    assert resp.status_code == 400 and '"7","demo_timestamps","x","The field does not exist in the project"' in resp.json()["error"]
+
+
+def test_delete_counts_each_record_once(classic):
+    """REDCap API: record delete answers with the number of records deleted."""
+    classic.import_records([{"record_id": "8", "name": "x"}, {"record_id": "9", "name": "y"}])
+    resp = post(classic, token=classic.token, content="record", action="delete", **{"records[0]": "8", "records[1]": "8", "records[2]": "9"})
+    assert resp.status_code == 200 and resp.text == "2"
+    assert classic.export_records(records=["8", "9"]) == []
+
+
+def test_control_projects_import_from_project_xml_and_round_trip(live_redcap):
+    """REDCap: "create project from XML" (content=project with odm) builds the project the XML describes;
+    content=project_xml exports XML that creates the same project again. The committed instruments/*/project.xml
+    are what a real REDCap admin uploads, so they must carry the whole data dictionary and repeating settings."""
+    for folder in sorted(p for p in INSTRUMENTS.iterdir() if (p / "project.xml").exists()):
+        spec = json.loads((folder / "project.json").read_text())
+        with open(folder / "data_dictionary.csv", newline="") as fh:
+            dictionary = normalize_dictionary(list(csv.DictReader(fh)))
+        first = create_from_xml(live_redcap, (folder / "project.xml").read_text())
+        assert first.export_metadata() == dictionary, folder.name
+        xml = post(live_redcap, token=first.token, content="project_xml", returnMetadataOnly="true").text
+        second = create_from_xml(live_redcap, xml)
+        assert second.export_metadata() == dictionary, folder.name
+        assert repeating(second) == repeating(first) == sorted(spec.get("repeating_instruments", [])), folder.name
+        info1, info2 = first.export_project_info(), second.export_project_info()
+        for key in ("project_title", "record_autonumbering_enabled", "is_longitudinal", "has_repeating_instruments_or_events", "purpose"):
+            assert info1[key] == info2[key], (folder.name, key)
+        assert info1["project_title"] == spec.get("title", info1["project_title"])
+
+
+def repeating(project) -> list[str]:
+    resp = post(project, token=project.token, content="repeatingFormsEvents", format="json")
+    return sorted(r["form_name"] for r in resp.json()) if resp.status_code == 200 else []
+
+
+def create_from_xml(server, xml: str) -> Project:
+    resp = post(server, token=server.super_token, content="project", format="json",
+                data=json.dumps([{"project_title": "from xml", "purpose": 0}]), odm=xml)
+    assert resp.status_code == 200, resp.text
+    return Project(server.url, resp.text, timeout=30)
