@@ -60,6 +60,9 @@ def tokenize(text: str) -> list[Tok]:
 Node = Callable[[Callable[[str | None, str, str | None], str]], Any]
 
 
+MAX_NESTING = 50
+
+
 class Parser:
     def __init__(self, text: str, known_field: Callable[[str], bool], known_event: Callable[[str], bool]) -> None:
         self.toks = tokenize(text)
@@ -67,6 +70,7 @@ class Parser:
         self.known_field = known_field
         self.known_event = known_event
         self.fields: set[str] = set()
+        self.depth = 0
 
     def peek(self) -> Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -168,8 +172,12 @@ class Parser:
         if tok.kind == "ref":
             return self.reference(tok)
         if tok.kind == "op" and tok.text == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise LogicError(f"logic is nested more than {MAX_NESTING} parentheses deep")
             node = self.or_expr()
             self.expect(")")
+            self.depth -= 1
             return node
         if tok.kind == "word":
             word = tok.text.lower()
@@ -349,7 +357,10 @@ def make_function(name: str, args: list[Node]) -> Node:
 def compile_logic(text: str, known_field: Callable[[str], bool], known_event: Callable[[str], bool]) -> tuple[Node, set[str]]:
     """Parse logic once; returns (evaluator, referenced fields)."""
     parser = Parser(text, known_field, known_event)
-    node = parser.parse()
+    try:
+        node = parser.parse()
+    except RecursionError:  # e.g. thousands of "not" or "-" in a row
+        raise LogicError("logic is nested too deeply") from None
     return node, parser.fields
 
 

@@ -105,3 +105,13 @@ def create_from_xml(server, xml: str) -> Project:
                 data=json.dumps([{"project_title": "from xml", "purpose": 0}]), odm=xml)
     assert resp.status_code == 200, resp.text
     return Project(server.url, resp.text, timeout=30)
+
+
+def test_pathological_filter_logic_is_a_clear_error(classic):
+    """filterLogic that nests too deeply is refused with a 400 naming filterLogic, never a server error."""
+    for logic in ("(" * 500 + "1" + ")" * 500, "not " * 3000 + "[age] = 1", "-" * 3000 + "1"):
+        resp = post(classic, token=classic.token, content="record", format="json", filterLogic=logic)
+        assert resp.status_code == 400 and "filterLogic" in resp.json()["error"]
+    classic.import_records([{"record_id": "1", "name": "n"}, {"record_id": "2", "age": "4"}])
+    rows = classic.export_records(fields=["record_id"], filter_logic="(" * 20 + "[age] = ''" + ")" * 20)
+    assert [r["record_id"] for r in rows] == ["1"]
