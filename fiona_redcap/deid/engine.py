@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -237,14 +238,15 @@ class Pseudonymizer:
 
     # -- the action table, recursively ------------------------------------------------------------
     def _apply(self, ds: Dataset, path: str, changes: list[dict], idents: phi.Identifiers, top: bool = False) -> None:
+        # Iterate over tags, not elements: an element is decoded only when its action needs its value;
+        # untouched elements are written back byte for byte (and decoding every value costs most of the time).
+        tags = list(ds.keys())
         creators: dict[tuple[int, int], str] = {}
-        for elem in list(ds):
-            tag = elem.tag
+        for tag in tags:
             if tag.is_private and tag.is_private_creator:
-                creators[(tag.group, tag.element)] = str(elem.value or "").strip().upper()
+                creators[(tag.group, tag.element)] = str(ds[tag].value or "").strip().upper()
         kept_blocks: set[tuple[int, int]] = set()
-        for elem in list(ds):
-            tag = elem.tag
+        for tag in tags:
             where = f"{path}({tag.group:04X},{tag.element:04X})"
             if tag.is_private:
                 if tag.is_private_creator:
@@ -252,7 +254,7 @@ class Pseudonymizer:
                 creator = creators.get((tag.group, tag.element >> 8), "")
                 if (tag.group, tag.element & 0xFF) in self.safe.get(creator, ()):
                     kept_blocks.add((tag.group, tag.element >> 8))
-                    self._keep(ds, elem, where, changes, idents, Rule("C", "retain_safe_private", "Safe private"))
+                    self._keep(ds, ds[tag], where, changes, idents, Rule("C", "retain_safe_private", "Safe private"))
                 else:
                     del ds[tag]
                     changes.append({"path": where, "action": "X", "rule": self.table.private.source + ": private"})
@@ -260,14 +262,19 @@ class Pseudonymizer:
             if top and tag in CONVENTION_TAGS:
                 continue
             rule = self.table.lookup(int(tag))
-            if rule is None:
-                self._keep(ds, elem, where, changes, idents, None)
+            action = rule.action if rule else "K"
+            if action in ("K", "C"):
+                vr = _vr(ds, tag)
+                if vr in ("SQ", "DA", "DT") or (action == "C" and vr in CLEANABLE_VRS):
+                    self._keep(ds, ds[tag], where, changes, idents, rule)
                 continue
-            action = rule.action
             label = f"{rule.source}: {rule.name}"
             if action == "X":
                 del ds[tag]
-            elif action == "Z":
+                changes.append({"path": where, "action": action, "rule": label})
+                continue
+            elem = ds[tag]
+            if action == "Z":
                 elem.value = Sequence() if elem.VR == "SQ" else ("" if elem.VR not in ("US", "SS", "UL", "SL", "FL", "FD", "OB", "OW") else None)
             elif action == "D":
                 if elem.VR == "SQ":
@@ -286,9 +293,6 @@ class Pseudonymizer:
                         self._apply(item, f"{where}[{i}].", changes, idents)
                     continue
                 elem.value = self._uids(elem.value) if elem.VR == "UI" else elem.value
-            elif action in ("K", "C"):
-                self._keep(ds, elem, where, changes, idents, rule)
-                continue
             changes.append({"path": where, "action": action, "rule": label})
         for group, block in list(creators):
             if (group, block) not in kept_blocks and (group << 16 | block) in ds:
@@ -404,6 +408,20 @@ def _summarize(ds: Dataset, review: dict[str, dict], prefix: str = "") -> None:
         values = entry["values"]
         if text in values or len(values) < 50:
             values[text] = values.get(text, 0) + 1
+
+
+CLEANABLE_VRS = phi.FREE_TEXT_VRS | {"CS", "AE", "OB", "OW", "UN", "OF", "OD", "OL", "OV"}
+
+
+def _vr(ds: Dataset, tag) -> str:
+    """An element's VR without decoding its value (the dictionary's for implicit-VR data)."""
+    vr = ds.get_item(tag).VR
+    if vr in (None, "UN"):
+        try:
+            return dictionary_VR(tag)
+        except KeyError:
+            return "UN"
+    return vr
 
 
 def _int(value) -> int:

@@ -67,7 +67,7 @@ def test_planted_identifiers_are_gone_everywhere(tmp_path):
     assert result.images == 3
     for f in result.files:
         text = all_text(f)
-        for planted in (ident.patient_name, "JANE", "DOE", ident.patient_id, "0042", ident.accession, ident.birth_date,
+        for planted in (ident.patient_name, "JANE", "DOE", ident.patient_id, "PID-0042", ident.accession, ident.birth_date,
                         ident.institution, "HOUSE", ident.study_id, "22 33 44 55", "CLINPACS"):
             assert planted not in text, planted
         ds = dcmread(f)
