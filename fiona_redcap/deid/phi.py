@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 
@@ -170,9 +171,21 @@ def _values(value) -> list:
 
 
 def walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, DataElement]]:
-    """Every element at any depth with a readable path: ``(0040,0275)[0].(0008,0050)``."""
-    for elem in ds:
-        here = f"{path}({elem.tag.group:04X},{elem.tag.element:04X})"
+    """Every text element at any depth with a readable path: ``(0040,0275)[0].(0008,0050)``.
+
+    Elements of other VRs are not decoded (decoding every value is the costly part of a scan).
+    """
+    for tag in list(ds.keys()):
+        vr = ds.get_item(tag).VR
+        if vr in (None, "UN"):
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr not in TEXT_VRS and vr != "SQ":
+            continue
+        elem = ds[tag]
+        here = f"{path}({tag.group:04X},{tag.element:04X})"
         yield here, elem
         if elem.VR == "SQ" and isinstance(elem.value, Sequence):
             for i, item in enumerate(elem.value):
