@@ -103,7 +103,7 @@ def send_files(files: list[Path], aet: str, host: str, port: int, calling_aet: s
                 count += 1
     if not metas:
         return result
-    kwargs = {"tls_args": (ssl_context, None)} if ssl_context else {}
+    kwargs = {"tls_args": (ssl_context, host)} if ssl_context else {}  # host: checked against the certificate
     assoc = ae.associate(host, port, ae_title=aet, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)], **kwargs)
     if not assoc.is_established:
         raise ConnectionError(f"association with {aet}@{host}:{port} was rejected or could not be opened")

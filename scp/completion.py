@@ -64,6 +64,7 @@ class Completion:
         self._thread: threading.Thread | None = None
         self._next_flush = 0.0
         self._backoff = 1.0
+        self._project = None
 
     # -- completion ---------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> list[str]:
@@ -122,7 +123,9 @@ class Completion:
         if not items:
             return 0
         try:
-            proj = client.control_project(self.cfg, "incoming")
+            if self._project is None:  # one PyCap project for the life of the receiver (its metadata is read once)
+                self._project = client.control_project(self.cfg, "incoming")
+            proj = self._project
         except Exception as exc:  # a config without token: visible in status, receiving goes on
             self.redcap_ok, self.last_error = False, str(exc)
             return 0

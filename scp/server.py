@@ -67,6 +67,7 @@ SENSITIVE = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "
 @dataclass
 class AssocStats:
     calling_aet: str = ""
+    called_aet: str = ""
     address: str = ""
     images: int = 0
     duplicates: int = 0
@@ -128,6 +129,9 @@ class SiteReceiver:
         stats = self._stats.get(id(event.assoc))
         if stats is not None:
             stats.calling_aet = event.assoc.requestor.ae_title
+            # The AE title the sender called (routing rules and AutoID projects key on it), not our own.
+            primitive = getattr(event.assoc.requestor, "primitive", None)
+            stats.called_aet = str(getattr(primitive, "called_ae_title", "") or "").strip()
 
     def on_rejected(self, event) -> None:
         rq = event.assoc.requestor
@@ -193,7 +197,7 @@ class SiteReceiver:
             patient_hash = keyed_hash(self.key, "patient", str(ds.get("PatientID", "") or "").strip(),
                                       str(ds.get("IssuerOfPatientID", "") or "").strip())
             try:
-                index.record_instance(self.q, ds, self.name, stats.calling_aet, event.assoc.acceptor.ae_title,
+                index.record_instance(self.q, ds, self.name, stats.calling_aet, stats.called_aet or self.site["aet"],
                                       self.classifier, patient_hash, study_key)
             except OSError as exc:  # the image is safe; the index is rebuilt from files at completion
                 logs.log_event(log, "store.index_failed", logging.ERROR, error=type(exc).__name__)

@@ -280,3 +280,14 @@ def test_worker_processes_share_the_port_without_losing_index_updates(tmp_path, 
     svc.stop()
     stray = subprocess.run(["pgrep", "-f", f"--port {svc.port}"], capture_output=True, text=True).stdout.split()
     assert stray == []  # worker processes stop with the receiver
+
+
+def test_the_called_ae_title_is_recorded_as_sent(tmp_path, scp_factory):
+    """Routing rules and AutoID projects key on the AE title the sender called, which may differ from the site's."""
+    svc = scp_factory(data_dir(tmp_path))
+    study = make_study(tmp_path / "in", series=1, images=1)
+    assert storescu(svc.port, study.folder, aet="AUTOID_X").returncode == 0
+    q = Quarantine(svc.data_dir)
+    info = json.loads((q.study_dir(study.study_uid) / "study.json").read_text())
+    assert info["called_aet"] == "AUTOID_X"
+    assert q.series_summaries(study.study_uid)[0]["called_aet"] == "AUTOID_X"
