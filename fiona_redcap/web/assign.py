@@ -116,14 +116,20 @@ def _validate(study: IncomingStudy, form: dict) -> tuple[list[str], object]:
     return ([problem] if problem else []), project
 
 
-@bp.post("/assign/<key>/confirm")
-@login_required
-def confirm(key: str):
+def _posted_assignment(key: str):
+    """The study and the submitted (project, participant, event), validated; both steps use it."""
     if not _access().may_see_quarantine(g.user):
         abort(403, description="You need FIONA's assign right.")
     study = find_study(key)
     form = {k: request.form.get(k, "").strip() for k in ("project", "participant", "event")}
     errors, project = _validate(study, form)
+    return study, form, errors, project
+
+
+@bp.post("/assign/<key>/confirm")
+@login_required
+def confirm(key: str):
+    study, form, errors, project = _posted_assignment(key)
     if errors:
         return _study_page(study, form, errors, 400)
     event_label = dict(_access().events(project)).get(form["event"], form["event"])
@@ -133,11 +139,7 @@ def confirm(key: str):
 @bp.post("/assign/<key>")
 @login_required
 def assign(key: str):
-    if not _access().may_see_quarantine(g.user):
-        abort(403, description="You need FIONA's assign right.")
-    study = find_study(key)
-    form = {k: request.form.get(k, "").strip() for k in ("project", "participant", "event")}
-    errors, project = _validate(study, form)
+    study, form, errors, project = _posted_assignment(key)
     if errors:
         return _study_page(study, form, errors, 400)
     transfers.request(transfers.incoming(_cfg()), study.study_uid, project.name, form["participant"], form["event"], g.user, "assign")
