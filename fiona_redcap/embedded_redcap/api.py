@@ -160,12 +160,34 @@ def parse_data(req: Request, default_key: str | None = None) -> Any:
         delim = "\t" if delim == "tab" else delim
         reader = csv.DictReader(io.StringIO(text), delimiter=delim)
         try:
-            return [dict(r) for r in reader]
+            rows = [dict(r) for r in reader]
         except csv.Error as exc:
             raise ApiError(f"The data being imported is not valid CSV ({exc})") from None
+        for n, row in enumerate(rows, start=2):
+            if None in row:
+                raise ApiError(f"The data being imported is not valid CSV (line {n} has more values than the header)")
+        return rows
     if fmt == "xml":
         return odm.parse_simple_xml(raw)
     raise ApiError(f"The format '{fmt}' is not valid")
+
+
+def parse_rows(req: Request, what: str = "items") -> list[dict]:
+    """The data parameter as a list of objects (REDCap's import shape for every content type)."""
+    rows = parse_data(req)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ApiError(f"The data being imported must be a list of {what}")
+    return rows
+
+
+def parse_object(req: Request) -> dict:
+    """The data parameter as one object (or a list holding one), e.g. project attributes."""
+    data = parse_data(req)
+    if isinstance(data, list):
+        data = data[0] if data else {}
+    if not isinstance(data, dict):
+        raise ApiError("The data being imported must be an object of attributes")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,9 +231,7 @@ def project_create(req: Request):
     """Create a project with a super token; answers with the new project's API token."""
     if req.project_id is not None:
         raise ApiError("You must use a super API token to create a project", 403)
-    data = parse_data(req)
-    if isinstance(data, list):
-        data = data[0] if data else {}
+    data = parse_object(req)
     title = (data.get("project_title") or "").strip()
     if not title:
         raise ApiError("The project_title is missing")
@@ -248,9 +268,7 @@ def project_create(req: Request):
 @handler("project_settings", "import")
 def project_settings(req: Request):
     req.need("design")
-    data = parse_data(req)
-    if isinstance(data, list):
-        data = data[0] if data else {}
+    data = parse_object(req)
     allowed = set(admin.default_info("x")) - {"creation_time", "production_time", "in_production", "is_longitudinal",
                                                "has_repeating_instruments_or_events"}
     unknown = [k for k in data if k not in allowed]
@@ -304,7 +322,7 @@ def normalize_dictionary(rows: list[dict]) -> list[dict]:
 @handler("metadata", "import")
 def metadata_import(req: Request):
     req.need("design", "api_import")
-    rows = parse_data(req)
+    rows = parse_rows(req)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ApiError("The data dictionary must be a list of fields")
     rows = normalize_dictionary(rows)
@@ -400,7 +418,7 @@ def _need_longitudinal_design(req: Request, design: Design, db) -> None:
 
 @handler("arm", "import")
 def arm_import(req: Request):
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         design = req.store.design(db, req.project_id)
         _need_longitudinal_design(req, design, db)
@@ -420,7 +438,7 @@ def arm_import(req: Request):
 
 @handler("event", "import")
 def event_import(req: Request):
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         design = req.store.design(db, req.project_id)
         _need_longitudinal_design(req, design, db)
@@ -451,7 +469,7 @@ def event_import(req: Request):
 
 @handler("formEventMapping", "import")
 def mapping_import(req: Request):
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         design = req.store.design(db, req.project_id)
         _need_longitudinal_design(req, design, db)
@@ -485,7 +503,7 @@ def repeating_export(req: Request):
 @handler("repeatingFormsEvents", "import")
 def repeating_import(req: Request):
     req.need("design")
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         design = req.store.design(db, req.project_id)
         out = []
@@ -597,8 +615,15 @@ def record_delete(req: Request):
         design = req.store.design(db, req.project_id)
         count = records.delete_records(req.store, db, req.project_id, design, recs, req.username,
                                        req.params.get("instrument") or "", req.params.get("event") or "",
-                                       str(req.params.get("repeat_instance") or ""))
+                                       str(_instance_param(req)) if req.params.get("repeat_instance") else "")
     return str(count)
+
+
+def _instance_param(req: Request) -> int:
+    raw = str(req.params.get("repeat_instance") or "1").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(f"The repeat_instance '{raw}' is not a positive integer")
+    return int(raw)
 
 
 def _file_slot(req: Request, design: Design) -> tuple[str, str, str, int, str]:
@@ -609,7 +634,7 @@ def _file_slot(req: Request, design: Design) -> tuple[str, str, str, int, str]:
     event = req.params.get("event") or ""
     if design.longitudinal and event not in design.event_names():
         raise ApiError("The event is missing or not valid")
-    instance = int(req.params.get("repeat_instance") or 1)
+    instance = _instance_param(req)
     form = meta["form_name"]
     instrument = form if form in design.repeating_forms(event) else ""
     if not record:
@@ -737,7 +762,7 @@ def user_export(req: Request):
 @handler("user", "import")
 def user_import(req: Request):
     req.need("user_rights")
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         for row in rows:
             username = (row.get("username") or "").strip()
@@ -748,14 +773,34 @@ def user_import(req: Request):
                            (username, row.get("email", ""), row.get("firstname", ""), row.get("lastname", "")))
             cur = db.execute("SELECT rights FROM rights WHERE project_id=? AND username=?", (req.project_id, username)).fetchone()
             rights = json.loads(cur["rights"]) if cur else dict(admin.NO_RIGHTS)
-            for key, value in row.items():
-                if key in admin.FULL_RIGHTS:
-                    rights[key] = int(value) if str(value).isdigit() else value
-                elif key in ("forms", "forms_export") and value:
-                    rights[key] = value if isinstance(value, dict) else dict(p.split(":") for p in str(value).split(","))
+            rights.update(_rights_from_row(row, username))
             db.execute("INSERT OR REPLACE INTO rights VALUES (?,?,?)", (req.project_id, username, json.dumps(rights)))
             req.store.log(db, req.project_id, req.username, "user", details=f"Edit user {username}")
     return len(rows)
+
+
+def _rights_from_row(row: dict, who: str) -> dict:
+    """The rights an imported user or role row sets: numbers, and forms as {form: level} or "form:level,..."."""
+    rights: dict = {}
+    for key, value in row.items():
+        if value in ("", None):
+            continue
+        if key in admin.FULL_RIGHTS and isinstance(admin.FULL_RIGHTS[key], str):
+            rights[key] = str(value)
+        elif key in admin.FULL_RIGHTS and isinstance(admin.FULL_RIGHTS[key], int):
+            if not str(value).strip().isdigit():
+                raise ApiError(f"The value of '{key}' for '{who}' must be a number, not '{value}'")
+            rights[key] = int(str(value).strip())
+        elif key in ("forms", "forms_export"):
+            pairs = value.items() if isinstance(value, dict) else (
+                part.split(":", 1) if ":" in part else (part, "") for part in str(value).split(","))
+            levels = {}
+            for form, level in pairs:
+                if not str(level).strip().isdigit():
+                    raise ApiError(f"The '{key}' rights for '{who}' must be form:level pairs, not '{value}'")
+                levels[str(form).strip()] = int(str(level).strip())
+            rights[key] = levels
+    return rights
 
 
 @handler("userRole")
@@ -772,14 +817,14 @@ def role_export(req: Request):
 @handler("userRole", "import")
 def role_import(req: Request):
     req.need("user_rights")
-    rows = parse_data(req)
+    rows = parse_rows(req)
     with req.store.write() as db:
         for i, row in enumerate(rows):
             label = (row.get("role_label") or "").strip()
             if not label:
                 raise ApiError("Each role needs a role_label")
             unique = row.get("unique_role_name") or f"U-{req.project_id}{i}{int(time.time()) % 100000}"
-            rights = {k: row[k] for k in admin.FULL_RIGHTS if k in row}
+            rights = _rights_from_row(row, label)
             db.execute("INSERT OR REPLACE INTO roles VALUES (?,?,?,?)", (req.project_id, unique, label, json.dumps(rights)))
     return len(rows)
 

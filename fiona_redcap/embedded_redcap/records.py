@@ -8,6 +8,7 @@ instruments or events), then the fields in dictionary order with checkboxes as
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
@@ -413,6 +414,9 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
         allowed_forms = {instrument} if instrument else (forms_here if repeat_event else forms_here - design.repeating_forms(event))
         for column, value in row.items():
             if column in SPECIAL or column == rid or _survey_timestamp(design, column, meta):
+                continue
+            if isinstance(value, (dict, list)):
+                errors.append((record, column, json.dumps(value)[:100], "The value must be text or a number, not a list or object"))
                 continue
             value = "" if value is None else str(value)
             if column in checkbox_cols:

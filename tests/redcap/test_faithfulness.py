@@ -115,3 +115,27 @@ def test_pathological_filter_logic_is_a_clear_error(classic):
     classic.import_records([{"record_id": "1", "name": "n"}, {"record_id": "2", "age": "4"}])
     rows = classic.export_records(fields=["record_id"], filter_logic="(" * 20 + "[age] = ''" + ")" * 20)
     assert [r["record_id"] for r in rows] == ["1"]
+
+
+def test_malformed_imports_are_clear_400_errors(live_redcap, classic):
+    """Bad input gets a clear REDCap-style error (HTTP 400 with {"error": ...}), never a server error,
+    and writes nothing."""
+    cases = [
+        ("record", {"data": json.dumps([{"record_id": "1", "name": {"a": 1}}])}, "not a list or object"),
+        ("record", {"data": "record_id,name\n1,a,b\n", "format": "csv", "returnFormat": "json"}, "more values than the header"),
+        ("repeatingFormsEvents", {"data": json.dumps({"form_name": "scan"})}, "list"),
+        ("user", {"data": json.dumps({"username": "x"})}, "list"),
+        ("user", {"data": json.dumps([{"username": "bob", "design": "yes"}])}, "'design' for 'bob' must be a number"),
+        ("user", {"data": json.dumps([{"username": "bob", "forms": "demo"}])}, "form:level"),
+        ("userRole", {"data": json.dumps([1, 2])}, "list"),
+        ("metadata", {"data": "[1]"}, "list"),
+        ("project_settings", {"data": json.dumps([1])}, "object"),
+    ]
+    for content, params, message in cases:
+        resp = post(live_redcap, token=classic.token, content=content, **{"format": "json", **params})
+        assert resp.status_code == 400 and message in resp.json()["error"], (content, resp.text)
+    resp = post(live_redcap, token=classic.token, content="record", action="delete", format="json", instrument="scan",
+                repeat_instance="x", **{"records[0]": "1"})
+    assert resp.status_code == 400 and "repeat_instance" in resp.json()["error"]
+    assert classic.export_records() == []
+    assert "bob" not in {u["username"] for u in classic.export_users()}
