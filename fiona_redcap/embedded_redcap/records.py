@@ -464,10 +464,12 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
     new_instance: dict[tuple, int] = {}
     touched: dict[str, list[str]] = defaultdict(list)
     records_in_file = []
+    first_event: dict[str, str] = {}
     for row in rows:
         record = renamed.get(str(row.get(rid, ""))) if opts.force_auto_number else str(row.get(rid, "")).strip()
         if record not in records_in_file:
             records_in_file.append(record)
+            first_event[record] = str(row.get("redcap_event_name", "") or "")
     seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE project_id=?", (project_id,)).fetchone()[0]
     for record in records_in_file:
         if record not in existing:
@@ -476,11 +478,10 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
                 "INSERT INTO records(project_id, record, created_at, modified_at, seq) VALUES (?,?,?,?,?)",
                 (project_id, record, stamp, stamp, seq),
             )
-            # REDCap stores the record ID on the record's first event.
-            first_event = (design.event_names() or [""])[0]
+            # The record ID is stored with the record's first data (the event its first imported row names).
             db.execute(
                 "INSERT OR IGNORE INTO data(project_id, record, event, instrument, instance, field, value) VALUES (?,?,?,?,?,?,?)",
-                (project_id, record, first_event, "", 1, rid, record),
+                (project_id, record, first_event[record], "", 1, rid, record),
             )
     stored = _current_values(db, project_id, [r for r in records_in_file if r in existing])
     row_instance: dict[int, int] = {}
@@ -492,8 +493,8 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
             key = (record, event, instrument)
             if key not in new_instance:
                 current = db.execute(
-                    "SELECT COALESCE(MAX(instance), 0) FROM data WHERE project_id=? AND record=? AND event=? AND instrument=?",
-                    (project_id, record, event, instrument),
+                    "SELECT COALESCE(MAX(instance), 0) FROM data WHERE project_id=? AND record=? AND event=? AND instrument=? AND field<>?",
+                    (project_id, record, event, instrument, rid),
                 ).fetchone()[0]
                 new_instance[key] = current
             new_instance[key] += 1

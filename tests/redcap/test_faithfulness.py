@@ -139,3 +139,30 @@ def test_malformed_imports_are_clear_400_errors(live_redcap, classic):
     assert resp.status_code == 400 and "repeat_instance" in resp.json()["error"]
     assert classic.export_records() == []
     assert "bob" not in {u["username"] for u in classic.export_users()}
+
+
+def test_repeating_event_new_instances_start_at_one(live_redcap):
+    """REDCap API: in a repeating event, redcap_repeat_instrument is empty and "new" allocates the next instance
+    of the whole event; a new record's first "new" is instance 1. Data only in another event adds no empty rows."""
+    from .test_conformance import DICTIONARY, full
+
+    token = live_redcap.new_project("Repeating event", longitudinal=True, dictionary=full(DICTIONARY),
+                                    events=[("Visit", 1), ("Base", 1)])
+    project = Project(live_redcap.url, token, timeout=30)
+    project.import_instrument_event_mappings([
+        {"arm_num": 1, "unique_event_name": "visit_arm_1", "form": "demo"},
+        {"arm_num": 1, "unique_event_name": "visit_arm_1", "form": "scan"},
+        {"arm_num": 1, "unique_event_name": "base_arm_1", "form": "demo"},
+    ])
+    project.import_repeating_instruments_events([{"event_name": "visit_arm_1", "form_name": "", "custom_form_label": ""}])
+    project.import_records([
+        {"record_id": "1", "redcap_event_name": "visit_arm_1", "redcap_repeat_instrument": "", "redcap_repeat_instance": "new", "name": "v1", "scan_images": "3"},
+        {"record_id": "1", "redcap_event_name": "visit_arm_1", "redcap_repeat_instrument": "", "redcap_repeat_instance": "new", "name": "v2"},
+        {"record_id": "2", "redcap_event_name": "base_arm_1", "name": "b"},
+    ])
+    rows = project.export_records(fields=["record_id", "name", "scan_images"])
+    assert [(r["record_id"], r["redcap_event_name"], r["redcap_repeat_instance"], r["name"], r["scan_images"]) for r in rows] == [
+        ("1", "visit_arm_1", 1, "v1", "3"),
+        ("1", "visit_arm_1", 2, "v2", ""),
+        ("2", "base_arm_1", "", "b", ""),
+    ]
