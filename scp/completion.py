@@ -144,7 +144,9 @@ class Completion:
                     rejected = self.outbox.path / "rejected"
                     rejected.mkdir(exist_ok=True, mode=0o700)
                     os.replace(path, rejected / path.name)
-                    logs.log_event(log, "redcap.rejected", logging.ERROR, reason=str(exc)[:300])
+                    # REDCap's error lines quote record IDs and values (identifiers): only their number is logged.
+                    logs.log_event(log, "redcap.rejected", logging.ERROR, problems=max(1, str(exc).count("\n")),
+                                   kept=f"outbox/rejected/{path.name}")
                     continue
                 path.unlink()
                 sent += 1
