@@ -362,17 +362,18 @@ def export_field_names(req: Request):
     design = _design(req)
     wanted = req.params.get("field")
     out = []
-    for m in design.metadata:
-        if wanted and m["field_name"] != wanted:
-            continue
-        if m["field_type"] == "descriptive":
-            continue
+    meta = design.metadata
+    for i, m in enumerate(meta):
+        names: list[tuple[str, str, str]] = []
         if m["field_type"] == "checkbox":
-            for code, _ in records.choices_of(m):
-                out.append({"original_field_name": m["field_name"], "choice_value": code,
-                            "export_field_name": f"{m['field_name']}___{records._checkbox_suffix(code)}"})
-        else:
-            out.append({"original_field_name": m["field_name"], "choice_value": "", "export_field_name": m["field_name"]})
+            names = [(m["field_name"], code, f"{m['field_name']}___{records._checkbox_suffix(code)}") for code, _ in records.choices_of(m)]
+        elif m["field_type"] != "descriptive":
+            names = [(m["field_name"], "", m["field_name"])]
+        if i + 1 == len(meta) or meta[i + 1]["form_name"] != m["form_name"]:
+            complete = f"{m['form_name']}_complete"  # REDCap lists each form's status field after its fields
+            names.append((complete, "", complete))
+        out += [{"original_field_name": o, "choice_value": c, "export_field_name": e} for o, c, e in names
+                if not wanted or o == wanted]
     if wanted and not out:
         raise ApiError(f"The field '{wanted}' does not exist")
     return out
@@ -806,10 +807,17 @@ def _rights_from_row(row: dict, who: str) -> dict:
 @handler("userRole")
 def role_export(req: Request):
     req.need("api_export")
+    forms = _design(req).form_order()
     out = []
     for row in req.store.connect().execute("SELECT unique_role_name, role_label, rights FROM roles WHERE project_id=?", (req.project_id,)):
+        rights = json.loads(row["rights"])
+        # REDCap lists every right of a role, as strings, and a level for every form.
         entry = {"unique_role_name": row["unique_role_name"], "role_label": row["role_label"]}
-        entry.update(json.loads(row["rights"]))
+        for key, default in admin.NO_RIGHTS.items():
+            if key not in ("expiration", "data_access_group"):
+                entry[key] = str(rights.get(key, default))
+        for key in ("forms", "forms_export"):
+            entry[key] = {f: int((rights.get(key) or {}).get(f, 0)) for f in forms}
         out.append(entry)
     return out
 

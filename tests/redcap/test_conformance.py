@@ -317,7 +317,9 @@ def test_user_roles_users_import_and_dags(live_redcap, classic):
     """REDCap API: userRole import/export, user import (rights by field), dag export (empty without DAGs)."""
     assert classic.import_user_roles([{"role_label": "Readers", "api_export": 1, "data_export": 1}]) == 1
     roles = classic.export_user_roles()
-    assert [r["role_label"] for r in roles] == ["Readers"] and roles[0]["api_export"] == 1 and roles[0]["unique_role_name"]
+    # REDCap lists every right of a role as a string, and a level per form (PyCap's export_user_roles example)
+    assert [r["role_label"] for r in roles] == ["Readers"] and roles[0]["api_export"] == "1" and roles[0]["unique_role_name"]
+    assert roles[0]["design"] == "0" and roles[0]["forms"] == {"demo": 0, "scan": 0}
     assert classic.import_users([{"username": "dave", "api_export": 1, "record_create": 0}]) == 1
     dave = next(u for u in classic.export_users() if u["username"] == "dave")
     assert dave["api_export"] == 1 and dave["record_create"] == 0 and dave["design"] == 0

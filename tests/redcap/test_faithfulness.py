@@ -166,3 +166,13 @@ def test_repeating_event_new_instances_start_at_one(live_redcap):
         ("1", "visit_arm_1", 2, "v2", ""),
         ("2", "base_arm_1", "", "b", ""),
     ]
+
+
+def test_field_names_list_each_forms_status_field(classic):
+    """REDCap API (PyCap's export_field_names example): exportFieldNames lists checkbox choices as field___code
+    and each form's <form>_complete field."""
+    names = [n["export_field_name"] for n in classic.export_field_names()]
+    assert names == ["record_id", "name", "dob", "age", "email", "sex", "tools___mr", "tools___ct", "tools___us", "demo_complete",
+                     "scan_date", "scan_images", "report", "scan_complete"]
+    assert classic.export_field_names(field="scan_complete") == [
+        {"original_field_name": "scan_complete", "choice_value": "", "export_field_name": "scan_complete"}]
