@@ -294,8 +294,12 @@ def _apply_labels(row: dict, cols: list[Column], labels: dict, checkbox_label: b
     if row.get("redcap_event_name"):
         for e in design.events:
             if e["unique_event_name"] == row["redcap_event_name"]:
-                arm = next((a["name"] for a in design.arms if a["arm_num"] == e["arm_num"]), str(e["arm_num"]))
-                row["redcap_event_name"] = f"{e['event_name']} (Arm {e['arm_num']}: {arm})"
+                # REDCap names the arm only when the project has several (PyCap's label example: "Event 1")
+                if len(design.arms) > 1:
+                    arm = next((a["name"] for a in design.arms if a["arm_num"] == e["arm_num"]), str(e["arm_num"]))
+                    row["redcap_event_name"] = f"{e['event_name']} (Arm {e['arm_num']}: {arm})"
+                else:
+                    row["redcap_event_name"] = e["event_name"]
 
 
 def flat_to_eav(design: Design, header: list[str], rows: list[dict]) -> list[dict]:

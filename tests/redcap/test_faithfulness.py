@@ -176,3 +176,25 @@ def test_field_names_list_each_forms_status_field(classic):
                      "scan_date", "scan_images", "report", "scan_complete"]
     assert classic.export_field_names(field="scan_complete") == [
         {"original_field_name": "scan_complete", "choice_value": "", "export_field_name": "scan_complete"}]
+
+
+def test_labels_name_the_event_and_the_arm_only_with_several_arms(live_redcap):
+    """REDCap API (PyCap's export_records example): rawOrLabel=label gives the event's name ("Event 1") in a
+    one-arm project; with several arms REDCap adds the arm ("Visit (Arm 2: Second)")."""
+    from .test_conformance import DICTIONARY, full
+
+    one = Project(live_redcap.url, live_redcap.new_project("One arm", longitudinal=True, dictionary=full(DICTIONARY),
+                                                            events=[("Event 1", 1)]), timeout=30)
+    one.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": "event_1_arm_1", "form": "demo"}])
+    one.import_records([{"record_id": "1", "redcap_event_name": "event_1_arm_1", "sex": "2", "tools___ct": "1"}])
+    assert one.export_records(format_type="csv", fields=["sex", "tools"], raw_or_label="label") == (
+        "record_id,redcap_event_name,sex,tools___mr,tools___ct,tools___us\n1,Event 1,Male,Unchecked,Checked,Unchecked\n")
+
+    two = Project(live_redcap.url, live_redcap.new_project("Two arms", longitudinal=True, dictionary=full(DICTIONARY),
+                                                            events=[("Visit", 1), ("Visit", 2)]), timeout=30)
+    two.import_arms([{"arm_num": 1, "name": "First"}, {"arm_num": 2, "name": "Second"}], override=1)
+    two.import_events([{"event_name": "Visit", "arm_num": 1}, {"event_name": "Visit", "arm_num": 2}], override=1)
+    two.import_instrument_event_mappings([{"arm_num": 2, "unique_event_name": "visit_arm_2", "form": "demo"}])
+    two.import_records([{"record_id": "1", "redcap_event_name": "visit_arm_2", "sex": "1"}])
+    (row,) = two.export_records(fields=["sex"], raw_or_label="label")
+    assert row["redcap_event_name"] == "Visit (Arm 2: Second)" and row["sex"] == "Female"
