@@ -166,6 +166,9 @@ def test_repeating_event_new_instances_start_at_one(live_redcap):
         ("1", "visit_arm_1", 2, "v2", ""),
         ("2", "base_arm_1", "", "b", ""),
     ]
+    # PyCap's delete_records example: one instance of a repeating event
+    assert project.delete_records(records=["1"], event="visit_arm_1", repeat_instance=2) == 1
+    assert [(r["redcap_repeat_instance"], r["name"]) for r in project.export_records(records=["1"], fields=["name"])] == [(1, "v1")]
 
 
 def test_field_names_list_each_forms_status_field(classic):
