@@ -525,7 +525,7 @@ def import_rows(store: Store, db: sqlite3.Connection, project_id: int, design: D
                 codes = [c for c in codes if c != code]
             if codes == before:
                 continue
-            desc = f"{column} = '{'checked' if code in codes else 'unchecked'}'"
+            desc = f"{checkbox_cols[column][0]}({code}) = {'checked' if code in codes else 'unchecked'}"  # as REDCap's logging
             value = "\x1f".join(codes)
         elif stored.get(key[1:], "") == value:
             continue  # REDCap logs (and dates) only what changes

@@ -49,7 +49,7 @@ def test_an_import_that_changes_nothing_is_not_a_modification(classic):
     classic.import_records([{"record_id": "1", "tools___mr": "1"}])
     assert {r["record_id"] for r in classic.export_records(date_begin=mark)} == {"1"}
     newest = post_log(classic)[0]
-    assert newest["action"] == "Updated Record 1" and newest["details"] == "tools___mr = 'checked'"
+    assert newest["action"] == "Updated Record 1" and newest["details"] == "tools(mr) = checked"
 
 
 def post_log(project):
