@@ -92,16 +92,17 @@ RecordData = dict  # event -> (instrument, instance) -> {field: value}
 
 
 def load(db: sqlite3.Connection, project_id: int, records: list[str] | None) -> dict[str, RecordData]:
-    params: list = [project_id]
     sql = "SELECT record, event, instrument, instance, field, value FROM data WHERE project_id=?"
-    if records is not None:
-        if not records:
-            return {}
-        sql += f" AND record IN ({','.join('?' * len(records))})"
-        params += records
     out: dict[str, RecordData] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-    for row in db.execute(sql, params):
-        out[row[0]][row[1]][(row[2], row[3])][row[4]] = row[5]
+    # SQLite builds allow as few as 32766 parameters per statement: select many records in chunks.
+    chunks = [None] if records is None else [records[i:i + 5000] for i in range(0, len(records), 5000)]
+    for chunk in chunks:
+        query, params = sql, [project_id]
+        if chunk is not None:
+            query += f" AND record IN ({','.join('?' * len(chunk))})"
+            params += chunk
+        for row in db.execute(query, params):
+            out[row[0]][row[1]][(row[2], row[3])][row[4]] = row[5]
     return out
 
 
