@@ -201,4 +201,3 @@ def test_labels_name_the_event_and_the_arm_only_with_several_arms(live_redcap):
     two.import_records([{"record_id": "1", "redcap_event_name": "visit_arm_2", "sex": "1"}])
     (row,) = two.export_records(fields=["sex"], raw_or_label="label")
     assert row["redcap_event_name"] == "Visit (Arm 2: Second)" and row["sex"] == "Female"
-
