@@ -73,6 +73,20 @@ def create_app(cfg: Config) -> Flask:
             return jsonify(error=message), exc.code
         return render_template("error.html", code=exc.code, message=message, user=g.get("user")), exc.code
 
+    from ..state import client as redcap_client
+
+    @app.errorhandler(redcap_client.RedcapUnavailable)
+    @app.errorhandler(redcap_client.RedcapRejected)
+    def redcap_error(exc):
+        unavailable = isinstance(exc, redcap_client.RedcapUnavailable)
+        code = 503 if unavailable else 502
+        message = ("REDCap cannot be reached right now; nothing was changed. Try again in a minute." if unavailable
+                   else "REDCap refused the change; nothing was stored. An administrator can see the details in REDCap's log.")
+        logs.log_event(log, "web.redcap_error", 40, status=code)
+        if request.path.startswith("/api/"):
+            return jsonify(error=message), code
+        return render_template("error.html", code=code, message=message, user=g.get("user")), code
+
     @app.template_filter("plain_error")
     def plain_error(text: str) -> str:
         return (text or "").replace("RedcapRejected", "").strip()

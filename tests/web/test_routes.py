@@ -217,3 +217,16 @@ def test_openapi_document(site):
 
 def test_health(site):
     assert site.app.test_client().get("/health").get_json()["status"] == "ok"
+
+
+def test_redcap_outage_gives_a_clear_page_and_changes_nothing(site, live_redcap):
+    c = site.app.test_client()
+    login(c, "alice")
+    token = csrf(c.get("/assign"))
+    live_redcap.stop()
+    try:
+        resp = c.post(f"/assign/{site.study_key}", data={"project": "RESEARCH_A", "participant": "A-002", "event": "baseline_arm_1", "csrf_token": token})
+        assert resp.status_code == 503 and "REDCap cannot be reached" in resp.get_data(as_text=True)
+    finally:
+        live_redcap.start()
+    assert transfers_of(site) == []
