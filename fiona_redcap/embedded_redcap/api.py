@@ -738,7 +738,10 @@ def _users(req: Request) -> list[dict]:
         rights = json.loads(row["rights"])
         full = _truthy(rights.get("data_export"))
         entry = {"username": row["username"], "email": row["email"] or "", "firstname": row["firstname"] or "", "lastname": row["lastname"] or ""}
-        entry.update({k: rights.get(k, v) for k, v in admin.NO_RIGHTS.items()})
+        for key, default in admin.NO_RIGHTS.items():
+            entry[key] = rights.get(key, default)
+            if key == "data_access_group":
+                entry["data_access_group_id"] = ""  # DAGs are not implemented
         entry["forms"] = rights.get("forms") or {f: 1 for f in design.form_order()}
         entry["forms_export"] = rights.get("forms_export") or {f: (1 if full else 0) for f in design.form_order()}
         out.append(entry)
@@ -758,6 +761,26 @@ def user_export(req: Request):
             flat.append(row)
         return flat
     return users
+
+
+@handler("user", "delete")
+def user_delete(req: Request):
+    """Remove users from the project (their accounts stay, as in REDCap); answers with the count."""
+    req.need("user_rights")
+    names = req.list("users") or []
+    if not names:
+        raise ApiError("You did not provide any users to delete")
+    with req.store.write() as db:
+        missing = [u for u in names if db.execute("SELECT 1 FROM rights WHERE project_id=? AND username=?", (req.project_id, u)).fetchone() is None]
+        if missing:
+            raise ApiError(f"The following users are not in this project: {', '.join(missing)}")
+        if req.username in names:
+            raise ApiError("You cannot remove yourself from the project")
+        for name in names:
+            db.execute("DELETE FROM rights WHERE project_id=? AND username=?", (req.project_id, name))
+            db.execute("DELETE FROM tokens WHERE project_id=? AND username=?", (req.project_id, name))
+            req.store.log(db, req.project_id, req.username, "user", details=f"Delete user {name}")
+    return str(len(names))
 
 
 @handler("user", "import")

@@ -201,3 +201,20 @@ def test_labels_name_the_event_and_the_arm_only_with_several_arms(live_redcap):
     two.import_records([{"record_id": "1", "redcap_event_name": "visit_arm_2", "sex": "1"}])
     (row,) = two.export_records(fields=["sex"], raw_or_label="label")
     assert row["redcap_event_name"] == "Visit (Arm 2: Second)" and row["sex"] == "Female"
+
+
+def test_user_export_fields_and_user_delete(live_redcap, classic):
+    """REDCap API (PyCap's export_users/delete_users examples): users carry data_access_group and
+    data_access_group_id next to their rights; content=user action=delete removes users from the project,
+    answers with the count, and their API token stops working."""
+    pid = live_redcap.project_id(classic.token)
+    carol_token = live_redcap.user("carol", pid, api_export=1)
+    carol = next(u for u in classic.export_users() if u["username"] == "carol")
+    assert list(carol)[:7] == ["username", "email", "firstname", "lastname", "expiration", "data_access_group", "data_access_group_id"]
+    assert carol["api_export"] == 1 and carol["design"] == 0
+    assert Project(live_redcap.url, carol_token, timeout=30).export_records() == []
+    assert classic.delete_users(["carol"], return_format_type="json") == 1
+    assert "carol" not in {u["username"] for u in classic.export_users()}
+    assert post(live_redcap, token=carol_token, content="record", format="json").status_code == 403
+    resp = post(live_redcap, token=classic.token, content="user", action="delete", format="json", **{"users[0]": "nobody"})
+    assert resp.status_code == 400 and "nobody" in resp.json()["error"]
