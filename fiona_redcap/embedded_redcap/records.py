@@ -188,6 +188,8 @@ def export_flat(store: Store, db: sqlite3.Connection, project_id: int, design: D
             forms_here = set(design.forms_on_event(event))
             repeating = design.repeating_forms(event)
             for (instrument, instance) in sorted(ev, key=lambda k: (k[0] != "", design.form_order().index(k[0]) if k[0] in design.form_order() else -1, k[1])):
+                if (instrument and instrument not in repeating) or (not instrument and instance != 1 and not design.repeating_event(event)):
+                    continue  # data kept from a form or event that no longer repeats (REDCap keeps it, hidden)
                 values = ev[(instrument, instance)]
                 if instrument:
                     row_forms = {instrument}

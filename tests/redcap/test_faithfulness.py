@@ -218,3 +218,13 @@ def test_user_export_fields_and_user_delete(live_redcap, classic):
     assert post(live_redcap, token=carol_token, content="record", format="json").status_code == 403
     resp = post(live_redcap, token=classic.token, content="user", action="delete", format="json", **{"users[0]": "nobody"})
     assert resp.status_code == 400 and "nobody" in resp.json()["error"]
+
+
+def test_data_of_a_removed_repeating_form_does_not_show_as_empty_rows(classic):
+    """After the dictionary drops a repeating form, its instances no longer appear in exports (no empty rows,
+    no repeat columns: the project has no repeating instruments any more)."""
+    classic.import_records([{"record_id": "1", "name": "A"},
+                            {"record_id": "1", "redcap_repeat_instrument": "scan", "redcap_repeat_instance": "1", "scan_images": "3"}])
+    classic.import_metadata([m for m in classic.export_metadata() if m["form_name"] != "scan"])
+    rows = classic.export_records()
+    assert [(r["record_id"], r["name"]) for r in rows] == [("1", "A")] and "redcap_repeat_instance" not in rows[0]
