@@ -616,7 +616,8 @@ def record_delete(req: Request):
         design = req.store.design(db, req.project_id)
         count = records.delete_records(req.store, db, req.project_id, design, recs, req.username,
                                        req.params.get("instrument") or "", req.params.get("event") or "",
-                                       str(_instance_param(req)) if req.params.get("repeat_instance") else "")
+                                       str(_instance_param(req)) if req.params.get("repeat_instance") else "",
+                                       str(req.params.get("arm") or ""))
     return str(count)
 
 

@@ -606,7 +606,7 @@ def next_record_name(db: sqlite3.Connection, project_id: int) -> int:
 # Delete
 # ---------------------------------------------------------------------------------------------
 def delete_records(store: Store, db: sqlite3.Connection, project_id: int, design: Design, records: list[str], username: str,
-                   instrument: str = "", event: str = "", repeat_instance: str = "") -> int:
+                   instrument: str = "", event: str = "", repeat_instance: str = "", arm: str = "") -> int:
     if not records:
         raise ApiError("You did not provide any records to delete")
     records = list(dict.fromkeys(records))  # a record named twice is deleted (and counted) once
@@ -619,8 +619,26 @@ def delete_records(store: Store, db: sqlite3.Connection, project_id: int, design
         raise ApiError(f"The instrument '{instrument}' does not exist")
     if event and event not in design.event_names():
         raise ApiError(f"The event '{event}' does not exist")
+    arm_events: list[str] = []
+    if arm:
+        if not design.longitudinal or not any(str(a["arm_num"]) == str(arm).strip() for a in design.arms):
+            raise ApiError(f"The arm '{arm}' does not exist")
+        arm_events = [e["unique_event_name"] for e in design.events if str(e["arm_num"]) == str(arm).strip()]
+        if event and event not in arm_events:
+            raise ApiError(f"The event '{event}' is not in arm {arm}")
     stamp = now()
     for record in records:
+        if arm and not instrument and not event:
+            # Only the record's data in this arm goes; the record itself goes when nothing is left.
+            marks = ",".join("?" * len(arm_events)) or "''"
+            for table in ("data", "files"):
+                db.execute(f"DELETE FROM {table} WHERE project_id=? AND record=? AND event IN ({marks})", (project_id, record, *arm_events))
+            if db.execute("SELECT 1 FROM data WHERE project_id=? AND record=? LIMIT 1", (project_id, record)).fetchone() is None:
+                db.execute("DELETE FROM records WHERE project_id=? AND record=?", (project_id, record))
+            else:
+                db.execute("UPDATE records SET modified_at=? WHERE project_id=? AND record=?", (stamp, project_id, record))
+            store.log(db, project_id, username, "record_delete", record, f"Delete record in arm {arm}")
+            continue
         if not instrument and not event:
             db.execute("DELETE FROM data WHERE project_id=? AND record=?", (project_id, record))
             db.execute("DELETE FROM files WHERE project_id=? AND record=?", (project_id, record))
@@ -637,6 +655,9 @@ def delete_records(store: Store, db: sqlite3.Connection, project_id: int, design
         if event:
             sql += " AND event=?"
             params.append(event)
+        elif arm:
+            sql += f" AND event IN ({','.join('?' * len(arm_events)) or chr(39) * 2})"
+            params += arm_events
         if repeat_instance:
             sql += " AND instance=?"
             params.append(int(repeat_instance))

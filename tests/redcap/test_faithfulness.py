@@ -228,3 +228,22 @@ def test_data_of_a_removed_repeating_form_does_not_show_as_empty_rows(classic):
     classic.import_metadata([m for m in classic.export_metadata() if m["form_name"] != "scan"])
     rows = classic.export_records()
     assert [(r["record_id"], r["name"]) for r in rows] == [("1", "A")] and "redcap_repeat_instance" not in rows[0]
+
+
+def test_delete_records_in_one_arm(live_redcap):
+    """REDCap API: with `arm`, records are deleted only in that arm; without it, from every arm."""
+    from .test_conformance import DICTIONARY, full
+
+    project = Project(live_redcap.url, live_redcap.new_project("Arms", longitudinal=True, dictionary=full(DICTIONARY),
+                                                                events=[("Visit", 1), ("Visit", 2)]), timeout=30)
+    project.import_arms([{"arm_num": 1, "name": "A"}, {"arm_num": 2, "name": "B"}], override=1)
+    project.import_events([{"event_name": "Visit", "arm_num": 1}, {"event_name": "Visit", "arm_num": 2}], override=1)
+    project.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": "visit_arm_1", "form": "demo"},
+                                              {"arm_num": 2, "unique_event_name": "visit_arm_2", "form": "demo"}])
+    project.import_records([{"record_id": "1", "redcap_event_name": e, "name": e} for e in ("visit_arm_1", "visit_arm_2")]
+                           + [{"record_id": "2", "redcap_event_name": "visit_arm_2", "name": "only 2"}])
+    assert project.delete_records(["1", "2"], arm="2") == 2
+    assert [(r["record_id"], r["redcap_event_name"]) for r in project.export_records(fields=["name"])] == [("1", "visit_arm_1")]
+    assert "2" not in {r["record_id"] for r in project.export_records()}
+    resp = post(live_redcap, token=project.token, content="record", action="delete", format="json", arm="9", **{"records[0]": "1"})
+    assert resp.status_code == 400 and "arm" in resp.json()["error"]
