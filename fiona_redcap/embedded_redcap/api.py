@@ -437,6 +437,58 @@ def arm_import(req: Request):
     return len(rows)
 
 
+@handler("arm", "delete")
+def arm_delete(req: Request):
+    """Delete arms with their events and those events' data (REDCap: development projects only)."""
+    nums = req.list("arms") or []
+    with req.store.write() as db:
+        design = req.store.design(db, req.project_id)
+        _need_longitudinal_design(req, design, db)
+        if not design.longitudinal or not nums:
+            raise ApiError("Give the arms to delete (arms[]) of a longitudinal project")
+        if not all(str(n).strip().isdigit() for n in nums):
+            raise ApiError("Arm numbers must be integers")
+        wanted = {int(n) for n in nums}
+        unknown = sorted(wanted - {a["arm_num"] for a in design.arms})
+        if unknown:
+            raise ApiError(f"The following arms do not exist: {', '.join(map(str, unknown))}")
+        design.arms = [a for a in design.arms if a["arm_num"] not in wanted]
+        _drop_events(req, db, design, [e["unique_event_name"] for e in design.events if e["arm_num"] in wanted])
+        req.store.log(db, req.project_id, req.username, "manage", details=f"Delete arms {', '.join(map(str, sorted(wanted)))}")
+    return str(len(wanted))
+
+
+@handler("event", "delete")
+def event_delete(req: Request):
+    """Delete events and their data (REDCap: development projects only)."""
+    names = req.list("events") or []
+    with req.store.write() as db:
+        design = req.store.design(db, req.project_id)
+        _need_longitudinal_design(req, design, db)
+        if not design.longitudinal or not names:
+            raise ApiError("Give the events to delete (events[]) of a longitudinal project")
+        unknown = [n for n in names if n not in design.event_names()]
+        if unknown:
+            raise ApiError(f"The following events do not exist: {', '.join(unknown)}")
+        _drop_events(req, db, design, names)
+        req.store.log(db, req.project_id, req.username, "manage", details=f"Delete events {', '.join(names)}")
+    return str(len(set(names)))
+
+
+def _drop_events(req: Request, db, design: Design, gone: list[str]) -> None:
+    """Remove events from the design with their mappings, repeating settings and data."""
+    design.events = [e for e in design.events if e["unique_event_name"] not in gone]
+    design.mapping = [m for m in design.mapping if m["unique_event_name"] not in gone]
+    design.repeating = [r for r in design.repeating if r["event_name"] not in gone]
+    req.store.save_design(db, req.project_id, design)
+    if gone:
+        marks = ",".join("?" * len(gone))
+        for table in ("data", "files"):
+            db.execute(f"DELETE FROM {table} WHERE project_id=? AND event IN ({marks})", (req.project_id, *gone))
+        db.execute("DELETE FROM records WHERE project_id=? AND NOT EXISTS "
+                   "(SELECT 1 FROM data d WHERE d.project_id=records.project_id AND d.record=records.record)", (req.project_id,))
+
+
 @handler("event", "import")
 def event_import(req: Request):
     rows = parse_rows(req)

@@ -247,3 +247,28 @@ def test_delete_records_in_one_arm(live_redcap):
     assert "2" not in {r["record_id"] for r in project.export_records()}
     resp = post(live_redcap, token=project.token, content="record", action="delete", format="json", arm="9", **{"records[0]": "1"})
     assert resp.status_code == 400 and "arm" in resp.json()["error"]
+
+
+def test_delete_arms_and_events_with_their_data(live_redcap):
+    """REDCap API (PyCap's delete_arms/delete_events examples): deleting an arm deletes its events; deleting an
+    event deletes its mappings and data; the answer is the number deleted."""
+    from .test_conformance import DICTIONARY, full
+
+    project = Project(live_redcap.url, live_redcap.new_project("Delete design", longitudinal=True, dictionary=full(DICTIONARY),
+                                                                events=[("Visit", 1), ("Extra", 1)]), timeout=30)
+    assert project.import_arms([{"arm_num": 2, "name": "Arm 2"}]) == 1
+    assert project.import_events([{"event_name": "Event 2", "arm_num": 2}]) == 1
+    project.import_instrument_event_mappings([{"arm_num": 1, "unique_event_name": e, "form": "demo"} for e in ("visit_arm_1", "extra_arm_1")]
+                                             + [{"arm_num": 2, "unique_event_name": "event_2_arm_2", "form": "demo"}])
+    project.import_records([{"record_id": "1", "redcap_event_name": "visit_arm_1", "name": "v"},
+                            {"record_id": "1", "redcap_event_name": "extra_arm_1", "name": "x"},
+                            {"record_id": "2", "redcap_event_name": "event_2_arm_2", "name": "y"}])
+    assert project.delete_arms([2], return_format_type="json") == 1
+    assert [a["arm_num"] for a in project.export_arms()] == [1]
+    assert "event_2_arm_2" not in {e["unique_event_name"] for e in project.export_events()}
+    assert project.delete_events(["extra_arm_1"], return_format_type="json") == 1
+    assert [e["unique_event_name"] for e in project.export_events()] == ["visit_arm_1"]
+    assert [m["unique_event_name"] for m in project.export_instrument_event_mappings()] == ["visit_arm_1"]
+    assert [(r["record_id"], r["redcap_event_name"], r["name"]) for r in project.export_records(fields=["name"])] == [("1", "visit_arm_1", "v")]
+    resp = post(live_redcap, token=project.token, content="event", action="delete", format="json", **{"events[0]": "nope_arm_1"})
+    assert resp.status_code == 400 and "nope_arm_1" in resp.json()["error"]
