@@ -773,7 +773,7 @@ def log_export(req: Request):
             params.append(_date_param(req, name))
     sql += " ORDER BY log_id DESC"
     action_text = {"record_add": "Created Record", "record_edit": "Updated Record", "record_delete": "Deleted Record",
-                   "manage": "Manage/Design", "user": "User Rights", "export": "Data Export"}
+                   "manage": "Manage/Design ", "user": "User Rights", "export": "Data Export"}  # sic: REDCap's trailing space
     out = []
     for row in req.store.connect().execute(sql, params):
         action = action_text.get(row["action"], row["action"])

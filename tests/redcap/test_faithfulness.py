@@ -272,3 +272,11 @@ def test_delete_arms_and_events_with_their_data(live_redcap):
     assert [(r["record_id"], r["redcap_event_name"], r["name"]) for r in project.export_records(fields=["name"])] == [("1", "visit_arm_1", "v")]
     resp = post(live_redcap, token=project.token, content="event", action="delete", format="json", **{"events[0]": "nope_arm_1"})
     assert resp.status_code == 400 and "nope_arm_1" in resp.json()["error"]
+
+
+def test_design_changes_are_logged_as_redcap_writes_them(classic):
+    """REDCap API (PyCap's export_logging example): design changes appear with the action 'Manage/Design '
+    (with REDCap's trailing space)."""
+    classic.import_repeating_instruments_events([{"event_name": "", "form_name": "scan", "custom_form_label": "[scan_date]"}])
+    newest = classic.export_logging(log_type="manage")[0]
+    assert newest["action"] == "Manage/Design " and newest["username"] == "admin"
