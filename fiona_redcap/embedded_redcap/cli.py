@@ -90,6 +90,11 @@ def _user_add(args: argparse.Namespace) -> int:
     from . import admin
 
     _, db = _db(args)
+    known = {p["project_id"] for p in admin.list_projects(db)}
+    unknown = [str(pid) for pid in args.project if pid not in known]
+    if unknown:
+        print(f"fiona redcap user add: no project {', '.join(unknown)} (see fiona redcap project list)", file=sys.stderr)
+        return 1
     password = admin.ensure_user(db, args.username, super_user=args.super_user, email=args.email)
     for pid in args.project:
         admin.set_rights(db, pid, args.username, **admin.FULL_RIGHTS)
