@@ -108,6 +108,18 @@ def rule_boxes(ds: Dataset, rows: int, cols: int) -> list[tuple[int, int, int, i
     return boxes
 
 
+def write_pixels(ds: Dataset, out: np.ndarray, compressed: bool) -> str:
+    """Store cleaned pixels: uncompressed, or RLE Lossless when the input was compressed (never lossy)."""
+    try:
+        if compressed:
+            ds.compress(RLELossless, out, encoding_plugin="pydicom")
+            return "re-encoded RLE Lossless (input was compressed)"
+        ds.PixelData = out.tobytes()
+        return "uncompressed"
+    except Exception as exc:
+        raise CannotClean(f"cleaned pixel data cannot be encoded ({type(exc).__name__}: {exc})") from None
+
+
 def clean(ds: Dataset) -> dict:
     """Mask burned-in text on every frame; returns what was done (for the audit)."""
     compressed = ds.file_meta.TransferSyntaxUID.is_compressed
@@ -132,15 +144,7 @@ def clean(ds: Dataset) -> dict:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if samples == 3 and photometric.startswith("YBR"):
         ds.PhotometricInterpretation = "RGB"  # pydicom decoded to RGB
-    try:
-        if compressed:
-            ds.compress(RLELossless, out, encoding_plugin="pydicom")
-            encoding = "re-encoded RLE Lossless (input was compressed)"
-        else:
-            ds.PixelData = out.astype(arr.dtype).tobytes()
-            encoding = "uncompressed"
-    except Exception as exc:
-        raise CannotClean(f"cleaned pixel data cannot be encoded ({type(exc).__name__}: {exc})") from None
+    encoding = write_pixels(ds, out.astype(arr.dtype), compressed)
     if samples == 3 and "PlanarConfiguration" in ds:
         ds.PlanarConfiguration = 0
     ds.BurnedInAnnotation = "NO"
