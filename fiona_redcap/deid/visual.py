@@ -147,21 +147,24 @@ def deface_series(datasets: list[Dataset]) -> dict:
     if len(slices) < cfg["min_slices"]:
         return {"method": METHOD, "voxels_removed": 0, "skipped": f"fewer than {cfg['min_slices']} slice positions: not a 3D volume"}
     positions = sorted(slices)
-    volume = np.stack([slices[p] for p in positions]).astype(np.float32)
+    step = max(1, max(shape) // 256)  # the head's extent needs no more than ~256 pixels across
+    volume = np.stack([slices[p][::step, ::step] for p in positions]).astype(np.float32)
+    if volume.max() <= volume.min():
+        raise CannotDeface("no head found in the volume (constant pixel values)")
     mask = ndimage.binary_opening(volume > _otsu(volume))
     labels, count = ndimage.label(mask)
     if count == 0:
         raise CannotDeface("no head found in the volume")
     sizes = np.bincount(labels.ravel())[1:]
     head = labels == (int(np.argmax(sizes)) + 1)
-    if sizes.max() < 0.005 * head.size:
+    if not 0.005 * head.size <= sizes.max() <= 0.95 * head.size:
         raise CannotDeface("no head found in the volume")
     # Head extent in LPS: the position of slice k is the geometry of any frame at that position.
     by_position = {round(float(f[2] @ normal), 2): f[2] for f in frames}
     y_ant, y_post, z_top = np.inf, -np.inf, -np.inf
     for k, p in enumerate(positions):
         if head[k].any():
-            xyz = _coords(by_position[p], iop0, sp0, *shape)[head[k]]
+            xyz = _coords(by_position[p], iop0, sp0 * step, *head.shape[1:])[head[k]]
             y_ant, y_post, z_top = min(y_ant, xyz[:, 1].min()), max(y_post, xyz[:, 1].max()), max(z_top, xyz[:, 2].max())
     length = y_post - y_ant
     plane = cfg["deface_plane"]
