@@ -72,19 +72,25 @@ def plane_positions(orientation, size=112, spacing=2.0, slices=80, step=2.8, cen
     return iop, [corner + (k - (slices - 1) / 2) * step * n for k in range(slices)]
 
 
-def head_series(folder: Path, orientation: str, compressed=False, slices=80, body_part="HEAD", description="T1 MPRAGE"):
-    """A single-frame MR series of the phantom, files in shuffled order; returns (paths, labels per file)."""
+def head_series(folder: Path, orientation: str, compressed=False, slices=80, body_part="HEAD", description="T1 MPRAGE", modality="MR"):
+    """A single-frame series of the phantom, files in shuffled order; returns (paths, labels per file). CT is signed,
+    air at -1014 and the corners outside the reconstruction circle padded with -3024, as scanners do."""
     rng = np.random.default_rng(7)
     folder.mkdir(parents=True)
     iop, positions = plane_positions(orientation, slices=slices)
     study, series = generate_uid(), generate_uid()
     paths, labels = [], {}
     for k in rng.permutation(len(positions)):
-        ds = make_instance(study, series, int(k) + 1, Identity(), rows=112, cols=112, series_description=description)
+        ds = make_instance(study, series, int(k) + 1, Identity(), modality, rows=112, cols=112, series_description=description)
         ds.StudyDescription, ds.BodyPartExamined = description, body_part
         ds.ImageOrientationPatient, ds.ImagePositionPatient = iop, [round(float(v), 4) for v in positions[k]]
         ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.8
         pixels, labels_k = phantom_frame(ds.ImagePositionPatient, iop, [2.0, 2.0], 112, 112, rng)
+        if modality == "CT":
+            pixels = pixels.astype(np.int16) - 1024
+            i, j = np.ogrid[:112, :112]
+            pixels[(i - 55.5) ** 2 + (j - 55.5) ** 2 > 56 ** 2] = -3024
+            ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
         ds.PixelData = pixels.tobytes()
         if compressed:
             ds.compress(RLELossless, pixels, encoding_plugin="pydicom")
@@ -133,9 +139,10 @@ def check_defaced(before: np.ndarray, after: np.ndarray, labels: np.ndarray, fil
     assert not bool(((after != before) & (labels == SKULL)).any()), "the skull vault was cut"
 
 
-@pytest.mark.parametrize("orientation,compressed", [("axial", False), ("sagittal", False), ("oblique", True)])
-def test_single_frame_head_series_loses_its_face_and_keeps_its_brain(tmp_path, orientation, compressed):
-    paths, labels = head_series(tmp_path / "in", orientation, compressed=compressed)
+@pytest.mark.parametrize("orientation,compressed,modality", [("axial", False, "MR"), ("sagittal", False, "MR"), ("oblique", True, "MR"),
+                                                         ("axial", False, "CT")])
+def test_single_frame_head_series_loses_its_face_and_keeps_its_brain(tmp_path, orientation, compressed, modality):
+    paths, labels = head_series(tmp_path / "in", orientation, compressed=compressed, modality=modality)
     datasets = [dcmread(p) for p in paths]
     assert all(visual.needs_defacing(ds) for ds in datasets)
     before = {p: ds.pixel_array.copy() for p, ds in zip(paths, datasets)}
