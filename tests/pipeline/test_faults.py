@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 def instance_count(pacs) -> int:
     try:
-        return int(requests.get(f"{pacs.http}/statistics", timeout=2).json()["CountInstances"])
+        # The instance list, not /statistics: Orthanc may report the counts of a study deleted a moment ago.
+        return len(requests.get(f"{pacs.http}/instances", timeout=5).json())
     except (requests.RequestException, ValueError, KeyError):
         return -1
 
