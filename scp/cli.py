@@ -62,7 +62,11 @@ def run_scp(args: argparse.Namespace) -> int:
         for w in workers:
             w.terminate()
         return 1
-    completion = Completion(cfg, {r.name: r.q for r in receivers})
+    def flush_arrivals() -> None:
+        for r in receivers:
+            r.recorder.flush()
+
+    completion = Completion(cfg, {r.name: r.q for r in receivers}, classifier=classifier, before_tick=flush_arrivals)
     completion.start()
     for r in receivers:
         print(f"dicom scp {r.site['aet']} listening on {r.site.get('host', '127.0.0.1')}:{r.port}", flush=True)

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from fiona_redcap import logs
 from fiona_redcap.config import Config
@@ -23,6 +24,7 @@ from fiona_redcap.quarantine import Quarantine
 from fiona_redcap.state import client, incoming
 
 from . import index
+from .classify import Classifier
 
 log = logs.get_logger("fiona.scp")
 
@@ -53,9 +55,12 @@ class Outbox:
 class Completion:
     """Finds complete studies, queues their Incoming rows, and flushes the outbox to REDCap."""
 
-    def __init__(self, cfg: Config, quarantines: dict[str, Quarantine], quiet_seconds: float | None = None) -> None:
+    def __init__(self, cfg: Config, quarantines: dict[str, Quarantine], quiet_seconds: float | None = None,
+                 classifier: Classifier | None = None, before_tick: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.quarantines = quarantines
+        self.classifier = classifier
+        self.before_tick = before_tick  # flushes this process's buffered arrivals, so the quiet period sees them
         self.quiet = float(cfg.raw["timing"]["quiet_period_seconds"] if quiet_seconds is None else quiet_seconds)
         self.outbox = Outbox(cfg.data_dir / "outbox")
         self.redcap_ok: bool | None = None
@@ -69,6 +74,8 @@ class Completion:
     # -- completion ---------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> list[str]:
         """Queue every study that became complete; returns their study keys."""
+        if self.before_tick is not None:
+            self.before_tick()
         now = now or time.time()
         done = []
         for site, q in self.quarantines.items():
@@ -82,6 +89,11 @@ class Completion:
         return done
 
     def complete(self, q: Quarantine, uid: str, info: dict, now: float) -> str | None:
+        # Counts come from the files, not from the buffered summaries: a receiver killed between an
+        # acknowledged image and its summary flush must not make REDCap show fewer images than are here.
+        if self.classifier is None:
+            self.classifier = Classifier.load()
+        info = index.rebuild_study(q, uid, self.classifier) or info
         series = q.series_summaries(uid)
         modalities = sorted({s.get("modality", "") for s in series if s.get("modality")})
         completed_at = incoming.redcap_time(now)

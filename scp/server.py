@@ -19,7 +19,7 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import config as pydicom_config, dcmread
 from pydicom.errors import InvalidDicomError
 import pynetdicom.association as _association_module
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -42,6 +42,9 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 _config.LOG_HANDLER_LEVEL = "none"
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# UIDs are checked by valid_uid(); pydicom's per-value validation of every header read costs more
+# than the rest of the handler and its warnings would quote values.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # pynetdicom's reactors poll with 1 ms sleeps (the DUL loop and the association loop), which
 # puts ~2 ms of idle waiting on the path of every C-STORE round trip and caps one association
@@ -102,6 +105,7 @@ class SiteReceiver:
         self._stats: dict[int, AssocStats] = {}
         self._lock = threading.Lock()
         self.last_arrival = 0.0
+        self.recorder = index.Recorder(self.q, classifier)
         self.server = None
 
     # -- access control -----------------------------------------------------------------------
@@ -139,6 +143,7 @@ class SiteReceiver:
                        ip=rq.address, reason="calling AE title not allowed")
 
     def on_close(self, event) -> None:
+        self.recorder.flush()
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None or not stats.calling_aet:
@@ -165,7 +170,6 @@ class SiteReceiver:
             logs.log_event(log, "store.unreadable", logging.WARNING, site=self.name, calling_aet=stats.calling_aet,
                            error=type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-        logs.register_sensitive(*(ds.get(k) for k in SENSITIVE))
         uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
         bad = [k for k, v in uids.items() if not valid_uid(v)]
         if bad:
@@ -194,13 +198,11 @@ class SiteReceiver:
             if not stored:
                 stats.duplicates += 1
                 return STATUS_SUCCESS
+            if self.recorder.needs_header(uids["SeriesInstanceUID"]):
+                logs.register_sensitive(*(ds.get(k) for k in SENSITIVE))
             patient_hash = keyed_hash(self.key, "patient", str(ds.get("PatientID", "") or "").strip(),
                                       str(ds.get("IssuerOfPatientID", "") or "").strip())
-            try:
-                index.record_instance(self.q, ds, self.name, stats.calling_aet, stats.called_aet or self.site["aet"],
-                                      self.classifier, patient_hash, study_key)
-            except OSError as exc:  # the image is safe; the index is rebuilt from files at completion
-                logs.log_event(log, "store.index_failed", logging.ERROR, error=type(exc).__name__)
+            self.recorder.add(ds, self.name, stats.calling_aet, stats.called_aet or self.site["aet"], patient_hash, study_key)
         stats.images += 1
         stats.bytes += dest.stat().st_size
         stats.studies.add(study_key)
@@ -255,6 +257,7 @@ class SiteReceiver:
             return allowed
 
         self.server.verify_request = verify_request
+        self.recorder.start()
         return self.server
 
     @property
@@ -264,6 +267,7 @@ class SiteReceiver:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+        self.recorder.stop()
 
 
 def chunk_dir(cfg: Config) -> Path:

@@ -5,7 +5,9 @@
 
 Sends with dcmtk's storescu (TCP_NODELAY=1) over one association, then over four at once,
 and prints images/s, MB/s and the ratio FIONA / storescp. FIONA fsyncs every image before
-acknowledging it; storescp does not.
+acknowledging it; storescp does not. Two references show where the time goes: a pynetdicom
+SCP whose handler acknowledges without storing anything (stock, and with the shortened reactor
+polls FIONA uses) is the ceiling for any receiver built on pynetdicom.
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def start_storescp(out: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def start_floor(poll: float | None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    extra = ["--poll", str(poll)] if poll is not None else []
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("minimal_scp.py")), str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert "listening" in proc.stdout.readline()
+    time.sleep(0.3)
+    return proc, port
+
+
 def start_fiona(data: Path, workers: int = 1) -> tuple[subprocess.Popen, int]:
     init_data_dir(data)
     cfg = json.loads((data / "config.json").read_text())
@@ -101,10 +113,15 @@ def main() -> int:
     one = [tmp / "set"]
     four = split(files, tmp / "split", 4)
     results = {}
-    for name, starter in (("storescp", lambda run: start_storescp(tmp / f"storescp-{run}")),
-                          ("FIONA", lambda run: start_fiona(tmp / f"fiona-{run}")),
-                          (f"FIONA --workers {os.cpu_count()}", lambda run: start_fiona(tmp / f"fionaw-{run}", os.cpu_count() or 2))):
+    runs = (("storescp", lambda run: start_storescp(tmp / f"storescp-{run}"), ("1", "4")),
+            ("pynetdicom no-op handler", lambda run: start_floor(None), ("1",)),
+            ("pynetdicom no-op handler, short polls", lambda run: start_floor(0.0002), ("1",)),
+            ("FIONA", lambda run: start_fiona(tmp / f"fiona-{run}"), ("1", "4")),
+            (f"FIONA --workers {os.cpu_count()}", lambda run: start_fiona(tmp / f"fionaw-{run}", os.cpu_count() or 2), ("1", "4")))
+    for name, starter, which in runs:
         for label, folders in (("1 association", one), ("4 associations", four)):
+            if label[0] not in which:
+                continue
             proc, port = starter(label[0])
             try:
                 print(f"{name}: sending {len(files)} images ({total_mb:.0f} MB) over {label} ...", flush=True)
@@ -115,7 +132,7 @@ def main() -> int:
             results[(name, label)] = seconds
             print(f"  {name}, {label}: {len(files) / seconds:,.0f} images/s, {total_mb / seconds:,.1f} MB/s", flush=True)
     for label in ("1 association", "4 associations"):
-        for name in [k[0] for k in results if k[0].startswith("FIONA") and k[1] == label]:
+        for name in [k[0] for k in results if k[0] != "storescp" and k[1] == label]:
             ratio = results[("storescp", label)] / results[(name, label)]
             print(f"ratio {name}/storescp, {label}: {ratio:.2f}")
     shutil.rmtree(tmp, ignore_errors=True)
