@@ -22,6 +22,7 @@ from pathlib import Path
 from pydicom import config as pydicom_config, dcmread
 from pydicom.errors import InvalidDicomError
 import pynetdicom.association as _association_module
+import pynetdicom.dul as _dul_module
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
@@ -47,17 +48,35 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # pynetdicom's reactors poll with 1 ms sleeps (the DUL loop and the association loop), which
-# puts ~2 ms of idle waiting on the path of every C-STORE round trip and caps one association
-# at a few hundred images/s. Shorter polls cost a little CPU while an association is open.
-POLL_SECONDS = 0.0002
+# puts ~2 ms of idle waiting on the path of every C-STORE round trip: a pynetdicom SCP that
+# stores nothing manages ~350 images/s on one association, ~700 with 0.2 ms polls (see
+# bench/receive). Short polls cost CPU, and with several associations in one process their
+# threads fight for the GIL: several open associations in one process poll at pynetdicom's 1 ms
+# again (measured best for 4 associations over 2 processes).
+POLL_ONE = 0.0002
+POLL_SEVERAL = 0.001
+_open_associations = 0
+_count_lock = threading.Lock()
+
+
+def _poll_seconds() -> float:
+    return POLL_ONE if _open_associations <= 1 else POLL_SEVERAL
+
+
+def _count_association(change: int) -> None:
+    global _open_associations
+    with _count_lock:
+        _open_associations = max(0, _open_associations + change)
 
 
 def _short_poll_sleep(seconds: float) -> None:
-    time.sleep(min(seconds, POLL_SECONDS))
+    time.sleep(min(seconds, _poll_seconds()))
 
 
-_association_module.time = types.SimpleNamespace(sleep=_short_poll_sleep, time=time.time, monotonic=time.monotonic,
-                                                 perf_counter=time.perf_counter)
+_patched_time = types.SimpleNamespace(sleep=_short_poll_sleep, time=time.time, monotonic=time.monotonic,
+                                      perf_counter=time.perf_counter)
+_association_module.time = _patched_time
+_dul_module.time = _patched_time
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -127,7 +146,7 @@ class SiteReceiver:
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             pass
-        event.assoc.dul._run_loop_delay = POLL_SECONDS
+        _count_association(+1)
 
     def on_established(self, event) -> None:
         stats = self._stats.get(id(event.assoc))
@@ -143,6 +162,7 @@ class SiteReceiver:
                        ip=rq.address, reason="calling AE title not allowed")
 
     def on_close(self, event) -> None:
+        _count_association(-1)
         self.recorder.flush()
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
