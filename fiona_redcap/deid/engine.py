@@ -21,14 +21,18 @@ from typing import Callable
 
 from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import data_element_generator
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from pydicom.tag import Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from .. import __version__
-from . import phi, pixels
+from . import phi, pixels, visual
 from .keys import Pseudonyms, shift_date, shift_datetime
 from .options import CID7050, OPTION_CODES, DeidOptions
 from .profile import Rule, edition, safe_private, table_for
@@ -145,19 +149,26 @@ class Pseudonymizer:
     def _study(self, inputs, output_dir, partial, audit_path, participant, event, classifications, progress) -> StudyResult:
         if not inputs:
             raise DeidRefused("the study has no instances")
+        opts = self.policy.options
         idents = phi.Identifiers()
         headers = []
         for path in inputs:
             try:
-                header = dcmread(path, stop_before_pixels=True)
+                header = dcmread(path, defer_size=MEMO_MAX_BYTES)  # read once: large values stay on disk until written
             except (InvalidDicomError, OSError, ValueError) as exc:
                 raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
             idents.add_dataset(header)
+            if opts.clean_visual_features:
+                reason = visual.refuses_visual_features(header)
+                if reason:
+                    raise DeidRefused(f"recognizable visual features cannot be removed: {reason}")
             headers.append(header)
-        if self.policy.options.retain_uids:
+        if opts.retain_uids:
             idents.uids.clear()  # kept on purpose: not a residual identifier
         self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
         allowed = {participant, self.policy.project, event, f"EventName:{event}"} - {""}
+        self._memo: dict = {}
+        self._templates: dict = {}
         partial.mkdir(parents=True, mode=0o700)
         files, audit_instances, series_info = [], [], {}
         dropped = cleaned_count = 0
@@ -165,6 +176,8 @@ class Pseudonymizer:
                                                            _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
         counters: dict[str, int] = {}
         review: dict[str, dict] = {}
+        defaced: dict[int, Dataset] = {}
+        defaced_series: set[str] = set()
         for done, i in enumerate(order, 1):
             path, header = inputs[i], headers[i]
             sop_class = str(header.get("SOPClassUID", ""))
@@ -174,24 +187,39 @@ class Pseudonymizer:
             if self.policy.drop_secondary_captures and sop_class in pixels.SECONDARY_CAPTURE:
                 dropped += 1
                 continue
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            face_note = None
+            if opts.clean_visual_features and series_uid not in defaced_series and visual.needs_defacing(header):
+                face_note = self._deface(series_uid, inputs, headers, defaced)
+                defaced_series.add(series_uid)
             raw = path.read_bytes()
-            ds = dcmread(path)
+            ds = defaced.pop(i, None) or header
+            headers[i] = Dataset()  # done with it: memory stays one instance deep
             changes: list[dict] = []
+            if face_note is not None:
+                changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_recognizable_visual_features", "series": face_note})
             pixel_note = None
-            series_uid = str(ds.get("SeriesInstanceUID", ""))
-            if self.policy.options.clean_pixel_data and pixels.needs_cleaning(ds, classifications.get(series_uid, []), self.policy.pixel_exclusions):
+            if opts.clean_pixel_data and pixels.needs_cleaning(ds, classifications.get(series_uid, []), self.policy.pixel_exclusions):
                 try:
                     pixel_note = pixels.clean(ds)
                 except pixels.CannotClean as exc:
                     raise DeidRefused(f"burned-in text cannot be removed: {exc}") from None
                 cleaned_count += 1
                 changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_pixel_data"})
-            self._apply(ds, "", changes, idents, top=True)
-            self._conventions(ds, participant, event, changes)
+            self._overlays_ok: set = set()
+            if opts.clean_graphics and any(0x6000 <= t.group <= 0x601E for t in ds.keys()):
+                try:
+                    for where in visual.clean_overlays(ds):
+                        changes.append({"path": where, "action": "C", "rule": "clean_graphics: overlay"})
+                except pixels.CannotClean as exc:
+                    raise DeidRefused(f"an overlay cannot be cleaned: {exc}") from None
+                self._overlays_ok = {t for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
+            findings: list[str] = []
+            self._apply_top(ds, changes, idents, allowed, review, findings)
+            self._conventions(ds, participant, event, changes, review)
             self._tag_rules(ds, changes)
             self._file_meta(ds)
-            _summarize(ds, review)
-            findings = phi.scan(ds, idents, allowed)
+            findings += self._scan_set_values(ds, idents, allowed, review)
             if findings:
                 raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
             new_series = str(ds.SeriesInstanceUID)
@@ -199,12 +227,13 @@ class Pseudonymizer:
             counters[series_key] = counters.get(series_key, 0) + 1
             out = partial / series_key / f"{counters[series_key]:05d}.dcm"
             out.parent.mkdir(exist_ok=True, mode=0o700)
-            ds.save_as(out, enforce_file_format=True)
+            encoded = _file_bytes(ds)
+            out.write_bytes(encoded)
             files.append(output_dir / series_key / out.name)
             info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
                                                        "modality": str(ds.get("Modality", "")), "images": 0})
             info["images"] += 1
-            audit_instances.append({"input_sha256": hashlib.sha256(raw).hexdigest(), "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+            audit_instances.append({"input_sha256": hashlib.sha256(raw).hexdigest(), "output_sha256": hashlib.sha256(encoded).hexdigest(),
                                     "output": f"{series_key}/{out.name}", "pixels": pixel_note, "changes": changes})
             if progress:
                 progress(done, len(inputs))
@@ -227,7 +256,7 @@ class Pseudonymizer:
             json.dump(audit, fh, indent=1)
         os.replace(str(audit_path) + ".tmp", audit_path)
         review_path = output_dir.with_name(output_dir.name + ".review.json")
-        review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(files), "attributes": review}))
+        review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(files), "attributes": dict(sorted(review.items()))}))
         os.replace(partial, output_dir)
         date = str(first.get("StudyDate", ""))
         return StudyResult(
@@ -241,62 +270,124 @@ class Pseudonymizer:
         # Iterate over tags, not elements: an element is decoded only when its action needs its value;
         # untouched elements are written back byte for byte (and decoding every value costs most of the time).
         tags = list(ds.keys())
-        creators: dict[tuple[int, int], str] = {}
-        for tag in tags:
-            if tag.is_private and tag.is_private_creator:
-                creators[(tag.group, tag.element)] = str(ds[tag].value or "").strip().upper()
+        creators = _creators(ds, tags)
         kept_blocks: set[tuple[int, int]] = set()
         for tag in tags:
-            where = f"{path}({tag.group:04X},{tag.element:04X})"
-            if tag.is_private:
-                if tag.is_private_creator:
-                    continue
-                creator = creators.get((tag.group, tag.element >> 8), "")
-                if (tag.group, tag.element & 0xFF) in self.safe.get(creator, ()):
-                    kept_blocks.add((tag.group, tag.element >> 8))
-                    self._keep(ds, ds[tag], where, changes, idents, Rule("C", "retain_safe_private", "Safe private"))
-                else:
-                    del ds[tag]
-                    changes.append({"path": where, "action": "X", "rule": self.table.private.source + ": private"})
+            if tag.is_private and tag.is_private_creator:
                 continue
             if top and tag in CONVENTION_TAGS:
                 continue
-            rule = self.table.lookup(int(tag))
-            action = rule.action if rule else "K"
-            if action in ("K", "C"):
-                vr = _vr(ds, tag)
-                if vr in ("SQ", "DA", "DT") or (action == "C" and vr in CLEANABLE_VRS):
-                    self._keep(ds, ds[tag], where, changes, idents, rule)
-                continue
-            label = f"{rule.source}: {rule.name}"
-            if action == "X":
-                del ds[tag]
-                changes.append({"path": where, "action": action, "rule": label})
-                continue
-            elem = ds[tag]
-            if action == "Z":
-                elem.value = Sequence() if elem.VR == "SQ" else ("" if elem.VR not in ("US", "SS", "UL", "SL", "FL", "FD", "OB", "OW") else None)
-            elif action == "D":
-                if elem.VR == "SQ":
-                    elem.value = Sequence()
-                elif elem.VR in ("DA", "DT") and self.shift:
-                    self._shift(elem)
-                elif elem.VR == "UI":
-                    elem.value = self._uids(elem.value)
-                elif elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
-                    elem.value = bytes(len(elem.value or b""))  # same length, content zeroed
-                else:
-                    elem.value = DUMMY.get(elem.VR, None)
-            elif action == "U":
-                if elem.VR == "SQ":  # a reference sequence: its UIDs are replaced item by item
-                    for i, item in enumerate(elem.value or []):
-                        self._apply(item, f"{where}[{i}].", changes, idents)
-                    continue
-                elem.value = self._uids(elem.value) if elem.VR == "UI" else elem.value
+            block = (tag.group, tag.element >> 8)
+            where = f"{path}({tag.group:04X},{tag.element:04X})"
+            if self._element(ds, tag, where, changes, idents, creators.get(block, "") if tag.is_private else None) and tag.is_private:
+                kept_blocks.add(block)
+        _drop_unused_creators(ds, creators, kept_blocks)
+
+    def _element(self, ds: Dataset, tag, where: str, changes: list[dict], idents: phi.Identifiers, creator: str | None) -> bool:
+        """Apply the profile to one element (``creator``: its private block's creator). True if it is kept."""
+        if tag.is_private:
+            if (tag.group, tag.element & 0xFF) in self.safe.get(creator or "", ()):
+                self._keep(ds, ds[tag], where, changes, idents, Rule("C", "retain_safe_private", "Safe private"))
+                return tag in ds
+            del ds[tag]
+            changes.append({"path": where, "action": "X", "rule": self.table.private.source + ": private"})
+            return False
+        rule = self.table.lookup(int(tag))
+        action = rule.action if rule else "K"
+        if action in ("K", "C"):
+            vr = _vr(ds, tag)
+            if vr in ("SQ", "DA", "DT") or (action == "C" and vr in CLEANABLE_VRS):
+                self._keep(ds, ds[tag], where, changes, idents, rule)
+            return tag in ds
+        label = f"{rule.source}: {rule.name}"
+        if action == "X":
+            del ds[tag]
             changes.append({"path": where, "action": action, "rule": label})
-        for group, block in list(creators):
-            if (group, block) not in kept_blocks and (group << 16 | block) in ds:
-                del ds[group << 16 | block]
+            return False
+        elem = ds[tag]
+        if action == "Z":
+            elem.value = Sequence() if elem.VR == "SQ" else ("" if elem.VR not in ("US", "SS", "UL", "SL", "FL", "FD", "OB", "OW") else None)
+        elif action == "D":
+            if elem.VR == "SQ":
+                elem.value = Sequence()
+            elif elem.VR in ("DA", "DT") and self.shift:
+                self._shift(elem)
+            elif elem.VR == "UI":
+                elem.value = self._uids(elem.value)
+            elif elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
+                elem.value = bytes(len(elem.value or b""))  # same length, content zeroed
+            else:
+                elem.value = DUMMY.get(elem.VR, None)
+        elif action == "U":
+            if elem.VR == "SQ":  # a reference sequence: its UIDs are replaced item by item
+                for i, item in enumerate(elem.value or []):
+                    self._apply(item, f"{where}[{i}].", changes, idents)
+                return True
+            elem.value = self._uids(elem.value) if elem.VR == "UI" else elem.value
+        changes.append({"path": where, "action": action, "rule": label})
+        return True
+
+    # -- the top level of an instance, memoized ---------------------------------------------------
+    def _apply_top(self, ds: Dataset, changes: list[dict], idents: phi.Identifiers, allowed: set[str],
+                   review: dict[str, dict], findings: list[str]) -> None:
+        """The action table over an instance's top level, with each element's outcome remembered.
+
+        Within a study most elements repeat byte for byte from instance to instance (patient, study,
+        series and acquisition attributes), and every action is a deterministic function of the
+        element's bytes, its private creator and the study's identifiers. So the outcome (the new
+        bytes or a deletion, the audit entries, the residual-identifier findings and the Review
+        summary) is computed once per distinct element and reused: untouched elements are never
+        decoded, changed ones are written as already-encoded bytes.
+        """
+        tags = list(ds.keys())
+        creators = _creators(ds, tags)
+        kept_blocks: set[tuple[int, int]] = set()
+        encoding = (ds.original_encoding, str(ds._character_set))
+        for tag in tags:
+            if (tag.is_private and tag.is_private_creator) or tag in CONVENTION_TAGS or tag.group == 0x7FE0:
+                continue  # creators after their blocks; conventions are set afterwards; pixel data as is
+            block = (tag.group, tag.element >> 8)
+            creator = creators.get(block, "") if tag.is_private else None
+            outcome = self._outcome(ds, tag, creator, idents, allowed, encoding)
+            if outcome.delete:
+                del ds[tag]
+            else:
+                if outcome.raw is not None:
+                    ds[tag] = outcome.raw
+                if tag.is_private:
+                    kept_blocks.add(block)
+            _record(outcome, changes, findings, review)
+        _drop_unused_creators(ds, creators, kept_blocks)
+        for block in kept_blocks:
+            tag = Tag(block[0], block[1])
+            if tag in ds:
+                _record(self._outcome(ds, tag, None, idents, allowed, encoding, keep=True), changes, findings, review)
+
+    def _outcome(self, ds: Dataset, tag, creator: str | None, idents: phi.Identifiers, allowed: set[str], encoding,
+                 keep: bool = False) -> "_Outcome":
+        item = ds.get_item(tag)
+        value = _memo_value(item)
+        key = None
+        if value is not None:
+            key = (int(tag), item.VR, value, creator, tag in self._overlays_ok, keep, encoding)
+            known = self._memo.get(key)
+            if known is not None:
+                return known
+        scratch = Dataset()
+        scratch._parent_encoding = ds._character_set
+        scratch.set_original_encoding(*ds.original_encoding, ds._character_set)
+        scratch[tag] = item if item.value is not None or not item.is_raw else ds[tag]  # deferred values are read now
+        changes: list[dict] = []
+        if not keep:
+            self._element(scratch, tag, f"({tag.group:04X},{tag.element:04X})", changes, idents, creator)
+        if tag not in scratch:
+            outcome = _Outcome(True, None, changes, [], [])
+        else:
+            raw = _encode(scratch, tag, ds) if changes else None
+            outcome = _Outcome(False, raw, changes, phi.scan(scratch, idents, allowed), _summary_entries(scratch))
+        if key is not None:
+            self._memo[key] = outcome
+        return outcome
 
     def _keep(self, ds: Dataset, elem: DataElement, where: str, changes: list[dict], idents: phi.Identifiers, rule: Rule | None) -> None:
         """Keep an element; clean it when its rule says C; shift its dates; recurse into sequences."""
@@ -339,34 +430,69 @@ class Pseudonymizer:
         return self.pseudo.uid(str(value)) if value else value
 
     # -- FIONA's conventions ------------------------------------------------------------------------
-    def _conventions(self, ds: Dataset, participant: str, event: str, changes: list[dict]) -> None:
-        project = self.policy.project
-        ds.PatientName = participant
-        ds.PatientID = participant
-        ds.InstitutionName = project
-        ds.ReferringPhysicianName = f"EventName:{event}" if event else ""
-        ds.ClinicalTrialProtocolID = project
-        ds.ClinicalTrialProtocolName = project
-        if event:
-            ds.ClinicalTrialTimePointID = event
-        elif "ClinicalTrialTimePointID" in ds:
+    def _conventions(self, ds: Dataset, participant: str, event: str, changes: list[dict], review: dict[str, dict]) -> None:
+        """FIONA's conventions: the same encoded elements for every instance of the study, plus the hashed IDs."""
+        encoding = (ds.original_encoding, str(ds._character_set))
+        template = self._templates.get(encoding)
+        if template is None:
+            template = self._templates[encoding] = self._convention_template(ds, participant, event)
+        elements, summary = template
+        for tag, raw in elements.items():
+            ds[tag] = raw
+        if not event and "ClinicalTrialTimePointID" in ds:
             del ds.ClinicalTrialTimePointID
         if ds.get("AccessionNumber"):
             ds.AccessionNumber = self.pseudo.identifier("accession", str(ds.AccessionNumber), 16)
         if ds.get("StudyID"):
             ds.StudyID = self.pseudo.identifier("study-id", str(ds.StudyID), 16)
-        ds.PatientIdentityRemoved = "YES"
-        opts = self.policy.options
-        ds.DeidentificationMethod = [f"FIONA {__version__}", f"PS3.15 E.1-1 {edition()}"]  # options: the code sequence
+        _record(_Outcome(False, None, [], [], summary), changes, [], review)
+        for keyword in ("PatientName", "PatientID", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+            changes.append({"path": keyword, "action": "D", "rule": "FIONA convention"})
+
+    def _convention_template(self, ds: Dataset, participant: str, event: str) -> tuple[dict, list]:
+        project, opts = self.policy.project, self.policy.options
+        values = Dataset()
+        values._parent_encoding = ds._character_set
+        values.PatientName = participant
+        values.PatientID = participant
+        values.InstitutionName = project
+        values.ReferringPhysicianName = f"EventName:{event}" if event else ""
+        values.ClinicalTrialProtocolID = project
+        values.ClinicalTrialProtocolName = project
+        if event:
+            values.ClinicalTrialTimePointID = event
+        values.PatientIdentityRemoved = "YES"
+        values.DeidentificationMethod = [f"FIONA {__version__}", f"PS3.15 E.1-1 {edition()}"]  # options: the code sequence
         codes = Sequence()
         for name in ["basic"] + opts.enabled():
             item = Dataset()
             item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = CID7050[name][0], "DCM", CID7050[name][1]
             codes.append(item)
-        ds.DeidentificationMethodCodeSequence = codes
-        ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift else ("UNMODIFIED" if opts.retain_long_full_dates else "REMOVED")
-        for keyword in ("PatientName", "PatientID", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
-            changes.append({"path": keyword, "action": "D", "rule": "FIONA convention"})
+        values.DeidentificationMethodCodeSequence = codes
+        values.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift else ("UNMODIFIED" if opts.retain_long_full_dates else "REMOVED")
+        return {tag: _encode(values, tag, ds) for tag in values.keys()}, _summary_entries(values)
+
+    def _scan_set_values(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str], review: dict[str, dict]) -> list[str]:
+        """Scan (and summarize) what was set after the memoized pass: hashed IDs, tag rules, and the file meta."""
+        rest = Dataset()
+        rest._parent_encoding = ds._character_set
+        for keyword in ["AccessionNumber", "StudyID"] + [k for k, _ in self.policy.tag_rules]:
+            if keyword in ds and ds.data_element(keyword).VR != "SQ":
+                rest[ds.data_element(keyword).tag] = ds.data_element(keyword)
+        _record(_Outcome(False, None, [], [], _summary_entries(rest)), [], [], review)
+        rest.file_meta = ds.file_meta
+        return phi.scan(rest, idents, allowed)
+
+    def _deface(self, series_uid: str, inputs: list[Path], headers: list[Dataset], defaced: dict[int, Dataset]) -> dict:
+        """Read a head series whole (defacing needs the volume), remove the face, keep the datasets for the instance loop."""
+        members = [i for i, h in enumerate(headers) if str(h.get("SeriesInstanceUID", "")) == series_uid]
+        datasets = [dcmread(inputs[i]) for i in members]
+        try:
+            note = visual.deface_series(datasets)
+        except pixels.CannotClean as exc:
+            raise DeidRefused(f"recognizable visual features cannot be removed: {exc}") from None
+        defaced.update(zip(members, datasets))
+        return note
 
     def _tag_rules(self, ds: Dataset, changes: list[dict]) -> None:
         for keyword, pattern in self.policy.tag_rules:
@@ -389,25 +515,94 @@ class Pseudonymizer:
 
 
 REVIEW_EXAMPLES = 5
+MEMO_MAX_BYTES = 64 * 1024  # larger values (pixel data, big private blobs) are handled each time, not remembered
 
 
-def _summarize(ds: Dataset, review: dict[str, dict], prefix: str = "") -> None:
-    """Tag, keyword, VR, instance count and a few example values of the pseudonymized output (for Review)."""
+@dataclass(frozen=True)
+class _Outcome:
+    """What the profile does to one distinct top-level element (see ``Pseudonymizer._apply_top``)."""
+
+    delete: bool
+    raw: RawDataElement | None  # the new encoded element; None: keep the original bytes
+    changes: list[dict]
+    findings: list[str]
+    summary: list[tuple[str, str, str, str]]
+
+
+def _memo_value(item) -> object:
+    """What identifies an element's value for the memo: its bytes, or a decoded scalar; None if not worth it."""
+    value = item.value
+    if item.is_raw:
+        return value if value is not None and len(value) <= MEMO_MAX_BYTES else None
+    if isinstance(value, (str, int, float)):
+        return ("decoded", value)
+    if type(value).__name__ == "MultiValue" and all(isinstance(v, (str, int, float)) for v in value):
+        return ("decoded", tuple(value))
+    return None
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    """The instance in the DICOM file format (preamble, file meta, dataset in its transfer syntax)."""
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    fp = DicomBytesIO()
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        ds.save_as(fp, enforce_file_format=True)  # pydicom deflates
+        return fp.getvalue()
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    fp.is_implicit_VR, fp.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _record(outcome: _Outcome, changes: list[dict], findings: list[str], review: dict[str, dict]) -> None:
+    changes.extend(outcome.changes)
+    findings.extend(outcome.findings)
+    for key, keyword, vr, text in outcome.summary:
+        entry = review.setdefault(key, {"keyword": keyword, "vr": vr, "count": 0, "values": {}})
+        entry["count"] += 1
+        if text is not None:
+            values = entry["values"]
+            if text in values or len(values) < 50:
+                values[text] = values.get(text, 0) + 1
+
+
+def _creators(ds: Dataset, tags) -> dict[tuple[int, int], str]:
+    return {(t.group, t.element): str(ds[t].value or "").strip().upper() for t in tags if t.is_private and t.is_private_creator}
+
+
+def _drop_unused_creators(ds: Dataset, creators: dict[tuple[int, int], str], kept_blocks: set[tuple[int, int]]) -> None:
+    for group, block in creators:
+        if (group, block) not in kept_blocks and (group << 16 | block) in ds:
+            del ds[group << 16 | block]
+
+
+def _encode(scratch: Dataset, tag, ds: Dataset) -> RawDataElement:
+    """One element encoded as ``ds`` is (transfer syntax and character set), by pydicom's writer and reader."""
+    implicit, little = ds.original_encoding
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    write_data_element(fp, scratch[tag], ds._character_set)
+    fp.seek(0)
+    return next(data_element_generator(fp, implicit, little))
+
+
+def _summary_entries(ds: Dataset, prefix: str = "") -> list[tuple[str, str, str, str | None]]:
+    """Tag, keyword, VR and an example value of every element, nested ones too (for Review)."""
+    out = []
     for elem in ds:
         if elem.tag == 0x7FE00010:
             continue
         key = f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X})"
-        entry = review.setdefault(key, {"keyword": elem.keyword or ("private" if elem.tag.is_private else ""), "vr": elem.VR,
-                                        "count": 0, "values": {}})
-        entry["count"] += 1
+        keyword = elem.keyword or ("private" if elem.tag.is_private else "")
         if elem.VR == "SQ":
+            out.append((key, keyword, elem.VR, None))
             for item in elem.value or []:
-                _summarize(item, review, key + ">")
+                out.extend(_summary_entries(item, key + ">"))
             continue
         text = "<binary>" if elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV") else str(elem.value)[:80]
-        values = entry["values"]
-        if text in values or len(values) < 50:
-            values[text] = values.get(text, 0) + 1
+        out.append((key, keyword, elem.VR, text))
+    return out
 
 
 CLEANABLE_VRS = phi.FREE_TEXT_VRS | {"CS", "AE", "OB", "OW", "UN", "OF", "OD", "OL", "OV"}
