@@ -126,6 +126,9 @@ class Pseudonymizer:
         opts = policy.options
         self.shift = opts.retain_long_modified_dates and not opts.retain_long_full_dates
         self.safe = safe_private() if opts.retain_safe_private else {}
+        self._overlays_ok: set = set()
+        self._memo: dict = {}
+        self._templates: dict = {}
 
     # -- one study ------------------------------------------------------------------------------
     def study(self, inputs: list[Path], output_dir: Path, participant: str, event: str = "",
@@ -414,7 +417,9 @@ class Pseudonymizer:
                 elem.value = cleaned if elem.VM > 1 else cleaned[0]
                 changes.append({"path": where, "action": "C", "rule": f"{label}: identifiers removed from text"})
         elif elem.VR in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
-            del ds[elem.tag]  # binary content (e.g. overlay bitmaps) cannot be cleaned: removed
+            if elem.tag in self._overlays_ok:
+                return  # an overlay bitmap visual.clean_overlays has already cleaned
+            del ds[elem.tag]  # other binary content cannot be cleaned: removed
             changes.append({"path": where, "action": "X", "rule": f"{label}: binary content removed"})
 
     def _shift(self, elem: DataElement) -> None:

@@ -5,6 +5,8 @@ cleaned and read with OCR."""
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
 import pytesseract
@@ -310,3 +312,61 @@ def test_undecodable_overlay_is_removed_and_embedded_overlay_bits_cleared():
     assert not (cleared & (1 << 13)).any() and np.array_equal(cleared, values)
     assert changed == ["(6004,0102): embedded overlay cleared from the pixel data and removed"]
     assert not [t for t in ds.keys() if t.group == 0x6004]
+
+
+# -- through the engine (what the pipeline runs) ----------------------------------------------------
+
+def _engine(**options):
+    from fiona_redcap.deid import DeidOptions, ProjectPolicy, Pseudonymizer
+
+    return Pseudonymizer(ProjectPolicy("PROJ1", options=DeidOptions(**options)), b"k" * 32, "kid")
+
+
+def test_engine_defaces_a_head_series_when_the_project_asks(tmp_path):
+    paths, labels = head_series(tmp_path / "in", "axial")
+    before = {str(dcmread(p).SOPInstanceUID): (dcmread(p).pixel_array.copy(), labels[p]) for p in paths}
+    fill = min(int(a.min()) for a, _ in before.values())
+    plain = _engine(clean_graphics=True).study(paths, tmp_path / "plain", "P001")
+    result = _engine(clean_visual_features=True).study(paths, tmp_path / "out", "P001")
+    assert result.images == len(paths)
+    out = {str(dcmread(f).SOPInstanceUID): dcmread(f) for f in result.files}
+    pseudo = _engine(clean_visual_features=True).pseudo
+    for uid, (pixels_before, lab) in before.items():
+        ds = out[pseudo.uid(uid)]
+        assert ds.RecognizableVisualFeatures == "NO"
+        check_defaced(pixels_before, ds.pixel_array, lab, fill)
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    assert "113102" in codes  # Clean Recognizable Visual Features Option
+    audit = json.loads(result.audit_path.read_text())
+    assert any(c["rule"] == "clean_recognizable_visual_features" for i in audit["instances"] for c in i["changes"])
+    # without the option the same study keeps its face
+    kept = {str(dcmread(f).SOPInstanceUID): dcmread(f).pixel_array for f in plain.files}
+    assert sum(int(np.isin(lab, FACE).sum() and (kept[pseudo.uid(u)][np.isin(lab, FACE)] != fill).sum())
+               for u, (_, lab) in before.items()) > 1000
+
+
+def test_engine_refuses_a_photo_when_faces_must_be_removed(tmp_path):
+    from fiona_redcap.deid import DeidRefused
+
+    photo = make_instance(generate_uid(), generate_uid(), 1, Identity(), modality="XC")
+    photo.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
+    photo.file_meta.MediaStorageSOPClassUID = photo.SOPClassUID
+    photo.save_as(tmp_path / "photo.dcm", enforce_file_format=True)
+    with pytest.raises(DeidRefused, match="recognizable visual features cannot be removed"):
+        _engine(clean_visual_features=True).study([tmp_path / "photo.dcm"], tmp_path / "out", "P001")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_engine_keeps_overlays_cleaned_under_clean_graphics_and_removes_them_otherwise(tmp_path):
+    bitmap = overlay_image("DOE JANE 4711")
+    ds = with_overlay(bitmap)
+    ds.save_as(tmp_path / "ov.dcm", enforce_file_format=True)
+    cleaned = dcmread(_engine(clean_graphics=True).study([tmp_path / "ov.dcm"], tmp_path / "a", "P001").files[0])
+    overlay = cleaned.overlay_array(0x6000)
+    assert "4711" not in ocr(overlay)
+    circle = overlay_image("")
+    assert np.array_equal(overlay[circle == 1], circle[circle == 1])
+    del ds[0x6000, 0x0022], ds[0x6000, 0x1500]  # (free text the Basic profile keeps would block the study)
+    ds.save_as(tmp_path / "ov.dcm", enforce_file_format=True)
+    basic = dcmread(_engine().study([tmp_path / "ov.dcm"], tmp_path / "b", "P001").files[0])
+    assert (0x6000, 0x3000) not in basic  # Basic profile: Overlay Data is removed
