@@ -26,7 +26,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import data_element_generator
-from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.filewriter import EXPLICIT_VR_LENGTH_32, write_data_element, write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
@@ -181,6 +181,7 @@ class Pseudonymizer:
         review: dict[str, dict] = {}
         defaced: dict[int, Dataset] = {}
         defaced_series: set[str] = set()
+        defaced_members: set[int] = set()
         for done, i in enumerate(order, 1):
             path, header = inputs[i], headers[i]
             sop_class = str(header.get("SOPClassUID", ""))
@@ -194,9 +195,11 @@ class Pseudonymizer:
             face_note = None
             if opts.clean_visual_features and series_uid not in defaced_series and visual.needs_defacing(header):
                 face_note = self._deface(series_uid, inputs, headers, defaced)
+                defaced_members |= set(defaced)
                 defaced_series.add(series_uid)
             raw = path.read_bytes()
             ds = defaced.pop(i, None) or header
+            originals = {} if i in defaced_members else {tag: e for tag in ds.keys() if (e := ds.get_item(tag)).is_raw}
             headers[i] = Dataset()  # done with it: memory stays one instance deep
             changes: list[dict] = []
             if face_note is not None:
@@ -230,7 +233,7 @@ class Pseudonymizer:
             counters[series_key] = counters.get(series_key, 0) + 1
             out = partial / series_key / f"{counters[series_key]:05d}.dcm"
             out.parent.mkdir(exist_ok=True, mode=0o700)
-            encoded = _file_bytes(ds)
+            encoded = _file_bytes(ds, raw, originals)
             out.write_bytes(encoded)
             files.append(output_dir / series_key / out.name)
             info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
@@ -546,8 +549,13 @@ def _memo_value(item) -> object:
     return None
 
 
-def _file_bytes(ds: Dataset) -> bytes:
-    """The instance in the DICOM file format (preamble, file meta, dataset in its transfer syntax)."""
+def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None = None) -> bytes:
+    """The instance in the DICOM file format (preamble, file meta, dataset in its transfer syntax).
+
+    Elements still exactly as they were read are copied from the input's bytes (``source``, with the
+    raw elements pydicom read from it in ``originals``): most of an instance, pixel data included,
+    is never re-encoded. Everything else is written by pydicom's writer.
+    """
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     fp = DicomBytesIO()
     if syntax.is_deflated or not syntax.is_transfer_syntax:
@@ -555,8 +563,22 @@ def _file_bytes(ds: Dataset) -> bytes:
         return fp.getvalue()
     fp.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
-    fp.is_implicit_VR, fp.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
-    write_dataset(fp, ds)
+    implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    if source is None or (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set:
+        write_dataset(fp, ds)  # re-encoded (e.g. a new transfer syntax after pixel cleaning)
+        return fp.getvalue()
+    originals = originals or {}
+    charset = ds._character_set
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written (as pydicom's writer does)
+        elem = ds.get_item(tag)
+        if elem is originals.get(tag) and elem.length != 0xFFFFFFFF:
+            header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
+            fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
+        else:
+            write_data_element(fp, elem, charset)
     return fp.getvalue()
 
 
