@@ -178,7 +178,8 @@ class Pseudonymizer:
         order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
                                                            _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
         counters: dict[str, int] = {}
-        review: dict[str, dict] = {}
+        self._tally: dict[int, list] = {}  # id(outcome) -> [outcome, times]: the Review summary, expanded at the end
+        self._encoded: dict[int, tuple[RawDataElement, bytes]] = {}  # id(new element) -> (it, its encoded bytes)
         defaced: dict[int, Dataset] = {}
         defaced_series: set[str] = set()
         defaced_members: set[int] = set()
@@ -199,7 +200,7 @@ class Pseudonymizer:
                 defaced_series.add(series_uid)
             raw = path.read_bytes()
             ds = defaced.pop(i, None) or header
-            originals = {} if i in defaced_members else {tag: e for tag in ds.keys() if (e := ds.get_item(tag)).is_raw}
+            originals = {} if i in defaced_members else dict(ds.items())
             headers[i] = Dataset()  # done with it: memory stays one instance deep
             changes: list[dict] = []
             if face_note is not None:
@@ -221,11 +222,11 @@ class Pseudonymizer:
                     raise DeidRefused(f"an overlay cannot be cleaned: {exc}") from None
                 self._overlays_ok = {t for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
             findings: list[str] = []
-            self._apply_top(ds, changes, idents, allowed, review, findings)
-            self._conventions(ds, participant, event, changes, review)
+            self._apply_top(ds, changes, idents, allowed, findings)
+            self._conventions(ds, participant, event, changes)
             self._tag_rules(ds, changes)
             self._file_meta(ds)
-            findings += self._scan_set_values(ds, idents, allowed, review)
+            findings += self._scan_set_values(ds, idents, allowed)
             if findings:
                 raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
             new_series = str(ds.SeriesInstanceUID)
@@ -233,7 +234,7 @@ class Pseudonymizer:
             counters[series_key] = counters.get(series_key, 0) + 1
             out = partial / series_key / f"{counters[series_key]:05d}.dcm"
             out.parent.mkdir(exist_ok=True, mode=0o700)
-            encoded = _file_bytes(ds, raw, originals)
+            encoded = _file_bytes(ds, raw, originals, self._encoded)
             out.write_bytes(encoded)
             files.append(output_dir / series_key / out.name)
             info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
@@ -259,9 +260,10 @@ class Pseudonymizer:
         }
         fd = os.open(str(audit_path) + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(audit, fh, indent=1)
+            fh.write(_audit_text(audit))
         os.replace(str(audit_path) + ".tmp", audit_path)
         review_path = output_dir.with_name(output_dir.name + ".review.json")
+        review = _review(self._tally.values())
         review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(files), "attributes": dict(sorted(review.items()))}))
         os.replace(partial, output_dir)
         date = str(first.get("StudyDate", ""))
@@ -334,8 +336,7 @@ class Pseudonymizer:
         return True
 
     # -- the top level of an instance, memoized ---------------------------------------------------
-    def _apply_top(self, ds: Dataset, changes: list[dict], idents: phi.Identifiers, allowed: set[str],
-                   review: dict[str, dict], findings: list[str]) -> None:
+    def _apply_top(self, ds: Dataset, changes: list[dict], idents: phi.Identifiers, allowed: set[str], findings: list[str]) -> None:
         """The action table over an instance's top level, with each element's outcome remembered.
 
         Within a study most elements repeat byte for byte from instance to instance (patient, study,
@@ -362,12 +363,12 @@ class Pseudonymizer:
                     ds[tag] = outcome.raw
                 if tag.is_private:
                     kept_blocks.add(block)
-            _record(outcome, changes, findings, review)
+            self._record(outcome, changes, findings)
         _drop_unused_creators(ds, creators, kept_blocks)
         for block in kept_blocks:
             tag = Tag(block[0], block[1])
             if tag in ds:
-                _record(self._outcome(ds, tag, None, idents, allowed, encoding, keep=True), changes, findings, review)
+                self._record(self._outcome(ds, tag, None, idents, allowed, encoding, keep=True), changes, findings)
 
     def _outcome(self, ds: Dataset, tag, creator: str | None, idents: phi.Identifiers, allowed: set[str], encoding,
                  keep: bool = False) -> "_Outcome":
@@ -389,11 +390,29 @@ class Pseudonymizer:
         if tag not in scratch:
             outcome = _Outcome(True, None, changes, [], [])
         else:
-            raw = _encode(scratch, tag, ds) if changes else None
+            # a sequence is encoded even when unchanged: it was parsed when read, so it would be re-encoded anyway
+            raw = self._encode(scratch, tag, ds) if changes or scratch[tag].VR == "SQ" else None
             outcome = _Outcome(False, raw, changes, phi.scan(scratch, idents, allowed), _summary_entries(scratch))
         if key is not None:
             self._memo[key] = outcome
         return outcome
+
+    def _record(self, outcome: "_Outcome", changes: list[dict], findings: list[str]) -> None:
+        """Add an outcome's audit entries and findings to the instance's, and count it for Review."""
+        changes.extend(outcome.changes)
+        findings.extend(outcome.findings)
+        if outcome.summary:
+            seen = self._tally.get(id(outcome))
+            if seen is None:
+                self._tally[id(outcome)] = [outcome, 1]  # the outcome is kept alive, so its id stays its own
+            else:
+                seen[1] += 1
+
+    def _encode(self, scratch: Dataset, tag, ds: Dataset) -> RawDataElement:
+        """One element encoded as ``ds`` is; its bytes are remembered, so writing it again costs a copy."""
+        raw, data = _encode(scratch, tag, ds)
+        self._encoded[id(raw)] = (raw, data)
+        return raw
 
     def _keep(self, ds: Dataset, elem: DataElement, where: str, changes: list[dict], idents: phi.Identifiers, rule: Rule | None) -> None:
         """Keep an element; clean it when its rule says C; shift its dates; recurse into sequences."""
@@ -438,7 +457,7 @@ class Pseudonymizer:
         return self.pseudo.uid(str(value)) if value else value
 
     # -- FIONA's conventions ------------------------------------------------------------------------
-    def _conventions(self, ds: Dataset, participant: str, event: str, changes: list[dict], review: dict[str, dict]) -> None:
+    def _conventions(self, ds: Dataset, participant: str, event: str, changes: list[dict]) -> None:
         """FIONA's conventions: the same encoded elements for every instance of the study, plus the hashed IDs."""
         encoding = (ds.original_encoding, str(ds._character_set))
         template = self._templates.get(encoding)
@@ -453,11 +472,11 @@ class Pseudonymizer:
             ds.AccessionNumber = self.pseudo.identifier("accession", str(ds.AccessionNumber), 16)
         if ds.get("StudyID"):
             ds.StudyID = self.pseudo.identifier("study-id", str(ds.StudyID), 16)
-        _record(_Outcome(False, None, [], [], summary), changes, [], review)
+        self._record(summary, changes, [])
         for keyword in ("PatientName", "PatientID", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
             changes.append({"path": keyword, "action": "D", "rule": "FIONA convention"})
 
-    def _convention_template(self, ds: Dataset, participant: str, event: str) -> tuple[dict, list]:
+    def _convention_template(self, ds: Dataset, participant: str, event: str) -> tuple[dict, "_Outcome"]:
         project, opts = self.policy.project, self.policy.options
         values = Dataset()
         values._parent_encoding = ds._character_set
@@ -478,16 +497,16 @@ class Pseudonymizer:
             codes.append(item)
         values.DeidentificationMethodCodeSequence = codes
         values.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift else ("UNMODIFIED" if opts.retain_long_full_dates else "REMOVED")
-        return {tag: _encode(values, tag, ds) for tag in values.keys()}, _summary_entries(values)
+        return {tag: self._encode(values, tag, ds) for tag in values.keys()}, _Outcome(False, None, [], [], _summary_entries(values))
 
-    def _scan_set_values(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str], review: dict[str, dict]) -> list[str]:
+    def _scan_set_values(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str]) -> list[str]:
         """Scan (and summarize) what was set after the memoized pass: hashed IDs, tag rules, and the file meta."""
         rest = Dataset()
         rest._parent_encoding = ds._character_set
         for keyword in ["AccessionNumber", "StudyID"] + [k for k, _ in self.policy.tag_rules]:
             if keyword in ds and ds.data_element(keyword).VR != "SQ":
                 rest[ds.data_element(keyword).tag] = ds.data_element(keyword)
-        _record(_Outcome(False, None, [], [], _summary_entries(rest)), [], [], review)
+        self._record(_Outcome(False, None, [], [], _summary_entries(rest)), [], [])
         rest.file_meta = ds.file_meta
         return phi.scan(rest, idents, allowed)
 
@@ -538,10 +557,15 @@ class _Outcome:
 
 
 def _memo_value(item) -> object:
-    """What identifies an element's value for the memo: its bytes, or a decoded scalar; None if not worth it."""
+    """What identifies an element's value for the memo: its bytes, or a decoded scalar, or for a sequence
+    its items' content; None if not worth it."""
     value = item.value
     if item.is_raw:
         return value if value is not None and len(value) <= MEMO_MAX_BYTES else None
+    if item.VR == "SQ":
+        budget = [MEMO_MAX_BYTES]
+        content = _sequence_content(value or (), budget)
+        return None if content is None else ("items", content)
     if isinstance(value, (str, int, float)):
         return ("decoded", value)
     if type(value).__name__ == "MultiValue" and all(isinstance(v, (str, int, float)) for v in value):
@@ -549,12 +573,35 @@ def _memo_value(item) -> object:
     return None
 
 
-def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None = None) -> bytes:
+def _sequence_content(items, budget: list[int]) -> tuple | None:
+    """A sequence's items as nested tuples of (tag, VR, raw bytes or scalar): equal content, equal key.
+
+    Sequences are parsed when read, but their items' elements stay raw, so this costs no decoding.
+    None if an element is deferred, not simple, or the content exceeds ``budget`` bytes.
+    """
+    out = []
+    for item in items:
+        entries = []
+        for tag, elem in item.items():
+            if elem.VR == "SQ" and not elem.is_raw:
+                value = _sequence_content(elem.value or (), budget)
+            else:
+                value = _memo_value(elem)
+                budget[0] -= len(value) if isinstance(value, bytes) else 16
+            if value is None or budget[0] < 0:
+                return None
+            entries.append((int(tag), elem.VR, value))
+        out.append(tuple(entries))
+    return tuple(out)
+
+
+def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None = None, encoded: dict | None = None) -> bytes:
     """The instance in the DICOM file format (preamble, file meta, dataset in its transfer syntax).
 
     Elements still exactly as they were read are copied from the input's bytes (``source``, with the
     raw elements pydicom read from it in ``originals``): most of an instance, pixel data included,
-    is never re-encoded. Everything else is written by pydicom's writer.
+    is never re-encoded. Elements the engine encoded (``encoded``: id -> (element, bytes)) are copied
+    from those bytes. Everything else is written by pydicom's writer.
     """
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     fp = DicomBytesIO()
@@ -569,29 +616,45 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
         write_dataset(fp, ds)  # re-encoded (e.g. a new transfer syntax after pixel cleaning)
         return fp.getvalue()
     originals = originals or {}
+    encoded = encoded or {}
     charset = ds._character_set
-    for tag in sorted(ds.keys()):
+    for tag, elem in sorted(ds.items()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written (as pydicom's writer does)
-        elem = ds.get_item(tag)
-        if elem is originals.get(tag) and elem.length != 0xFFFFFFFF:
-            header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
-            fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
-        else:
-            write_data_element(fp, elem, charset)
+        if elem.is_raw:
+            if elem is originals.get(tag) and elem.length != 0xFFFFFFFF:
+                header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
+                fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
+                continue
+            known = encoded.get(id(elem))
+            if known is not None and known[0] is elem:
+                fp.write(known[1])
+                continue
+        write_data_element(fp, elem, charset)
     return fp.getvalue()
 
 
-def _record(outcome: _Outcome, changes: list[dict], findings: list[str], review: dict[str, dict]) -> None:
-    changes.extend(outcome.changes)
-    findings.extend(outcome.findings)
-    for key, keyword, vr, text in outcome.summary:
-        entry = review.setdefault(key, {"keyword": keyword, "vr": vr, "count": 0, "values": {}})
-        entry["count"] += 1
-        if text is not None:
-            values = entry["values"]
-            if text in values or len(values) < 50:
-                values[text] = values.get(text, 0) + 1
+def _review(tally) -> dict[str, dict]:
+    """The Review summary from the outcomes seen (in first-seen order) and how often: per tag path,
+    how many times it occurs and up to 50 example values with their counts."""
+    review: dict[str, dict] = {}
+    for outcome, times in tally:
+        for key, keyword, vr, text in outcome.summary:
+            entry = review.setdefault(key, {"keyword": keyword, "vr": vr, "count": 0, "values": {}})
+            entry["count"] += times
+            if text is not None:
+                values = entry["values"]
+                if text in values or len(values) < 50:
+                    values[text] = values.get(text, 0) + times
+    return review
+
+
+def _audit_text(audit: dict) -> str:
+    """The audit record as JSON: the study's part indented, then one line per instance (compact and readable)."""
+    head = json.dumps({k: v for k, v in audit.items() if k != "instances"}, indent=1)
+    lines = ",\n".join(json.dumps(i, separators=(",", ":")) for i in audit["instances"])
+    return head[:-2] + ',\n "instances": [\n' + lines + "\n ]\n}\n"
+
 
 
 def _creators(ds: Dataset, tags) -> dict[tuple[int, int], str]:
@@ -604,14 +667,15 @@ def _drop_unused_creators(ds: Dataset, creators: dict[tuple[int, int], str], kep
             del ds[group << 16 | block]
 
 
-def _encode(scratch: Dataset, tag, ds: Dataset) -> RawDataElement:
-    """One element encoded as ``ds`` is (transfer syntax and character set), by pydicom's writer and reader."""
+def _encode(scratch: Dataset, tag, ds: Dataset) -> tuple[RawDataElement, bytes]:
+    """One element encoded as ``ds`` is (transfer syntax and character set), by pydicom's writer and reader:
+    the raw element and its bytes."""
     implicit, little = ds.original_encoding
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     write_data_element(fp, scratch[tag], ds._character_set)
     fp.seek(0)
-    return next(data_element_generator(fp, implicit, little))
+    return next(data_element_generator(fp, implicit, little)), fp.getvalue()
 
 
 def _summary_entries(ds: Dataset, prefix: str = "") -> list[tuple[str, str, str, str | None]]:

@@ -30,6 +30,15 @@ NO_FNR_RE = re.compile(r"(?<!\d)(\d{6})\s?(\d{5})(?!\d)")
 SE_PNR_RE = re.compile(r"(?<!\d)(\d{2})?(\d{6})[-+]?(\d{4})(?!\d)")
 
 
+def _tags(*keywords: str) -> tuple[tuple[str, int], ...]:
+    from pydicom.datadict import tag_for_keyword
+
+    return tuple((kw, tag_for_keyword(kw)) for kw in keywords)
+
+
+_GATHERED = _tags(*NAME_KEYWORDS, *ID_KEYWORDS, "PatientBirthDate", *OTHER_KEYWORDS, "OtherPatientIDsSequence", *UID_KEYWORDS)
+
+
 def _valid_fnr(d: str) -> bool:
     """Norwegian fødselsnummer: two mod-11 check digits."""
     if len(d) != 11 or not d.isdigit():
@@ -107,28 +116,46 @@ class Identifiers:
     uids: set[str] = field(default_factory=set)
     _regex: re.Pattern | None = None
     _uid_regex: re.Pattern | None = None
+    _seen: set = field(default_factory=set)  # (tag, raw bytes, character set) already gathered
 
     def add_dataset(self, ds: Dataset) -> None:
-        for kw in NAME_KEYWORDS:
+        charset = ds.get_item(0x00080005)
+        charset = charset.value if charset is not None else None
+        for kw, tag in _GATHERED:
+            item = ds.get_item(tag)
+            if item is None:
+                continue
+            # Within a study the same values repeat in every instance: each distinct one is rendered once.
+            seen = (tag, item.value, charset) if item.is_raw and isinstance(item.value, bytes) else None
+            if seen is not None:
+                if seen in self._seen:
+                    continue
+                self._seen.add(seen)
+            self._gather(kw, ds)
+        self._regex = self._uid_regex = None
+
+    def _gather(self, kw: str, ds: Dataset) -> None:
+        if kw in NAME_KEYWORDS:
             for value in _values(ds.get(kw)):
                 for r in _name_renderings(value):
                     (self.short if len(r.replace(".", "")) <= 3 and r.replace(".", "").isalpha() and r.upper() == r else self.names).add(r)
-        for kw in ID_KEYWORDS:
+        elif kw in ID_KEYWORDS:
             for value in _values(ds.get(kw)):
                 self.names |= _id_renderings(value)
-        for value in _values(ds.get("PatientBirthDate")):
-            self.names |= _date_renderings(value)
-        for kw in OTHER_KEYWORDS:
+        elif kw == "PatientBirthDate":
+            for value in _values(ds.get(kw)):
+                self.names |= _date_renderings(value)
+        elif kw in OTHER_KEYWORDS:
             for value in _values(ds.get(kw)):
                 if isinstance(value, str) and len(value.strip()) >= 4:
                     self.names.add(value.strip())
-        for item in ds.get("OtherPatientIDsSequence") or []:
-            for value in _values(item.get("PatientID")):
-                self.names |= _id_renderings(value)
-        for kw in UID_KEYWORDS:
+        elif kw == "OtherPatientIDsSequence":
+            for item in ds.get(kw) or []:
+                for value in _values(item.get("PatientID")):
+                    self.names |= _id_renderings(value)
+        elif kw in UID_KEYWORDS:
             for value in _values(ds.get(kw)):
                 self.uids.add(str(value))
-        self._regex = self._uid_regex = None
 
     def regex(self) -> re.Pattern | None:
         if self._regex is None:
