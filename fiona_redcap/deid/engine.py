@@ -180,6 +180,7 @@ class Pseudonymizer:
         counters: dict[str, int] = {}
         self._tally: dict[int, list] = {}  # id(outcome) -> [outcome, times]: the Review summary, expanded at the end
         self._encoded: dict[int, tuple[RawDataElement, bytes]] = {}  # id(new element) -> (it, its encoded bytes)
+        self._metas: dict[tuple, tuple[bytes, int, list[str]]] = {}  # see _file_meta
         defaced: dict[int, Dataset] = {}
         defaced_series: set[str] = set()
         defaced_members: set[int] = set()
@@ -200,7 +201,7 @@ class Pseudonymizer:
                 defaced_series.add(series_uid)
             raw = path.read_bytes()
             ds = defaced.pop(i, None) or header
-            originals = {} if i in defaced_members else dict(ds.items())
+            originals = {} if i in defaced_members else {id(e): e for e in ds.values()}
             headers[i] = Dataset()  # done with it: memory stays one instance deep
             changes: list[dict] = []
             if face_note is not None:
@@ -225,8 +226,8 @@ class Pseudonymizer:
             self._apply_top(ds, changes, idents, allowed, findings)
             self._conventions(ds, participant, event, changes)
             self._tag_rules(ds, changes)
-            self._file_meta(ds)
-            findings += self._scan_set_values(ds, idents, allowed)
+            meta_bytes, meta_findings = self._file_meta(ds, idents, allowed)
+            findings += self._scan_set_values(ds, idents, allowed) + meta_findings
             if findings:
                 raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
             new_series = str(ds.SeriesInstanceUID)
@@ -234,7 +235,7 @@ class Pseudonymizer:
             counters[series_key] = counters.get(series_key, 0) + 1
             out = partial / series_key / f"{counters[series_key]:05d}.dcm"
             out.parent.mkdir(exist_ok=True, mode=0o700)
-            encoded = _file_bytes(ds, raw, originals, self._encoded)
+            encoded = _file_bytes(ds, raw, originals, self._encoded, meta_bytes)
             out.write_bytes(encoded)
             files.append(output_dir / series_key / out.name)
             info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
@@ -346,22 +347,24 @@ class Pseudonymizer:
         summary) is computed once per distinct element and reused: untouched elements are never
         decoded, changed ones are written as already-encoded bytes.
         """
-        tags = list(ds.keys())
-        creators = _creators(ds, tags)
+        items = list(ds.items())
+        creators = _creators(ds, [tag for tag, _ in items])
         kept_blocks: set[tuple[int, int]] = set()
         encoding = (ds.original_encoding, str(ds._character_set))
-        for tag in tags:
-            if (tag.is_private and tag.is_private_creator) or tag in CONVENTION_TAGS or tag.group == 0x7FE0:
+        for tag, item in items:
+            group, element = tag >> 16, tag & 0xFFFF  # plain ints: Tag's own properties cost a call each
+            private = group & 1
+            if (private and 0x10 <= element <= 0xFF) or int(tag) in CONVENTION_TAGS or group == 0x7FE0:
                 continue  # creators after their blocks; conventions are set afterwards; pixel data as is
-            block = (tag.group, tag.element >> 8)
-            creator = creators.get(block, "") if tag.is_private else None
-            outcome = self._outcome(ds, tag, creator, idents, allowed, encoding)
+            block = (group, element >> 8)
+            creator = creators.get(block, "") if private else None
+            outcome = self._outcome(ds, tag, creator, idents, allowed, encoding, item=item)
             if outcome.delete:
                 del ds[tag]
             else:
                 if outcome.raw is not None:
                     ds[tag] = outcome.raw
-                if tag.is_private:
+                if private:
                     kept_blocks.add(block)
             self._record(outcome, changes, findings)
         _drop_unused_creators(ds, creators, kept_blocks)
@@ -371,8 +374,8 @@ class Pseudonymizer:
                 self._record(self._outcome(ds, tag, None, idents, allowed, encoding, keep=True), changes, findings)
 
     def _outcome(self, ds: Dataset, tag, creator: str | None, idents: phi.Identifiers, allowed: set[str], encoding,
-                 keep: bool = False) -> "_Outcome":
-        item = ds.get_item(tag)
+                 keep: bool = False, item=None) -> "_Outcome":
+        item = ds.get_item(tag) if item is None else item
         value = _memo_value(item)
         key = None
         if value is not None:
@@ -500,14 +503,13 @@ class Pseudonymizer:
         return {tag: self._encode(values, tag, ds) for tag in values.keys()}, _Outcome(False, None, [], [], _summary_entries(values))
 
     def _scan_set_values(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str]) -> list[str]:
-        """Scan (and summarize) what was set after the memoized pass: hashed IDs, tag rules, and the file meta."""
+        """Scan (and summarize) what was set after the memoized pass: hashed IDs and tag rules."""
         rest = Dataset()
         rest._parent_encoding = ds._character_set
         for keyword in ["AccessionNumber", "StudyID"] + [k for k, _ in self.policy.tag_rules]:
             if keyword in ds and ds.data_element(keyword).VR != "SQ":
                 rest[ds.data_element(keyword).tag] = ds.data_element(keyword)
         self._record(_Outcome(False, None, [], [], _summary_entries(rest)), [], [])
-        rest.file_meta = ds.file_meta
         return phi.scan(rest, idents, allowed)
 
     def _deface(self, series_uid: str, inputs: list[Path], headers: list[Dataset], defaced: dict[int, Dataset]) -> dict:
@@ -530,7 +532,14 @@ class Pseudonymizer:
             setattr(ds, keyword, value)
             changes.append({"path": keyword, "action": "C", "rule": "project tag rule"})
 
-    def _file_meta(self, ds: Dataset) -> None:
+    def _file_meta(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str]) -> tuple[bytes, list[str]]:
+        """Rebuild the file meta (MediaStorageSOPInstanceUID = the new SOPInstanceUID); return it encoded, and
+        what the residual-identifier scan found in it.
+
+        pydicom encodes and the scan reads it once per SOP class, transfer syntax and UID length: between
+        instances only MediaStorageSOPInstanceUID differs (its value is the SOPInstanceUID, scanned there),
+        so its bytes are put in place of the first instance's.
+        """
         old = ds.file_meta
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -539,6 +548,20 @@ class Pseudonymizer:
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"FIONA_{__version__}"[:16]
         ds.file_meta = meta
+        uid = str(meta.MediaStorageSOPInstanceUID).encode("ascii")
+        uid += b"\0" * (len(uid) % 2)
+        key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID), len(uid))
+        known = self._metas.get(key)
+        if known is None:
+            fp = DicomBytesIO()
+            write_file_meta_info(fp, meta, enforce_standard=True)
+            fp.seek(0)
+            at = next(e.value_tell for e in data_element_generator(fp, False, True) if e.tag == 0x00020003)
+            holder = Dataset()
+            holder.file_meta = meta
+            known = self._metas[key] = (fp.getvalue(), at, phi.scan(holder, idents, allowed))
+        data, at, findings = known
+        return data[:at] + uid + data[at + len(uid):], findings
 
 
 REVIEW_EXAMPLES = 5
@@ -595,11 +618,12 @@ def _sequence_content(items, budget: list[int]) -> tuple | None:
     return tuple(out)
 
 
-def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None = None, encoded: dict | None = None) -> bytes:
+def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None = None, encoded: dict | None = None,
+                meta: bytes | None = None) -> bytes:
     """The instance in the DICOM file format (preamble, file meta, dataset in its transfer syntax).
 
     Elements still exactly as they were read are copied from the input's bytes (``source``, with the
-    raw elements pydicom read from it in ``originals``): most of an instance, pixel data included,
+    raw elements pydicom read from it in ``originals``, by id): most of an instance, pixel data included,
     is never re-encoded. Elements the engine encoded (``encoded``: id -> (element, bytes)) are copied
     from those bytes. Everything else is written by pydicom's writer.
     """
@@ -609,7 +633,10 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
         ds.save_as(fp, enforce_file_format=True)  # pydicom deflates
         return fp.getvalue()
     fp.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    if meta is not None:
+        fp.write(meta)  # ``ds.file_meta`` as encoded by ``Pseudonymizer._file_meta``
+    else:
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
     implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     if source is None or (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set:
@@ -618,11 +645,11 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
     originals = originals or {}
     encoded = encoded or {}
     charset = ds._character_set
-    for tag, elem in sorted(ds.items()):
-        if tag.element == 0 and tag.group > 6:
+    for tag, elem in sorted(ds.items(), key=_tag_order):
+        if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths are not written (as pydicom's writer does)
         if elem.is_raw:
-            if elem is originals.get(tag) and elem.length != 0xFFFFFFFF:
+            if originals.get(id(elem)) is elem and elem.length != 0xFFFFFFFF:
                 header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
                 fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
                 continue
@@ -632,6 +659,10 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
                 continue
         write_data_element(fp, elem, charset)
     return fp.getvalue()
+
+
+def _tag_order(entry) -> int:
+    return int(entry[0])  # an int compares in C; a Tag in Python
 
 
 def _review(tally) -> dict[str, dict]:

@@ -28,6 +28,7 @@ PHONE_RE = re.compile(r"(?<![\w.])(\+\d{1,3}[\s\-]?)?\(?\d{2,4}\)?[\s\-]\d{2,4}[
 SSN_RE = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 NO_FNR_RE = re.compile(r"(?<!\d)(\d{6})\s?(\d{5})(?!\d)")
 SE_PNR_RE = re.compile(r"(?<!\d)(\d{2})?(\d{6})[-+]?(\d{4})(?!\d)")
+UID_RUN_RE = re.compile(r"[0-9.]+")
 
 
 def _tags(*keywords: str) -> tuple[tuple[str, int], ...]:
@@ -115,7 +116,6 @@ class Identifiers:
     short: set[str] = field(default_factory=set)  # initials: matched as whole tokens only
     uids: set[str] = field(default_factory=set)
     _regex: re.Pattern | None = None
-    _uid_regex: re.Pattern | None = None
     _seen: set = field(default_factory=set)  # (tag, raw bytes, character set) already gathered
 
     def add_dataset(self, ds: Dataset) -> None:
@@ -132,7 +132,7 @@ class Identifiers:
                     continue
                 self._seen.add(seen)
             self._gather(kw, ds)
-        self._regex = self._uid_regex = None
+        self._regex = None
 
     def _gather(self, kw: str, ds: Dataset) -> None:
         if kw in NAME_KEYWORDS:
@@ -174,17 +174,28 @@ class Identifiers:
             text = text[:start] + text[end:]
         return re.sub(r"\s{2,}", " ", text).strip(" ,;^")
 
+    def _has_uid(self, text: str) -> bool:
+        """An original UID as a whole number run: not preceded by a digit or dot, not followed by a digit
+        (so also as the head of a longer dotted run). Looked up per run, not searched: a study has thousands."""
+        for m in UID_RUN_RE.finditer(text):
+            run = m.group()
+            if run in self.uids:
+                return True
+            dot = run.find(".")
+            while dot != -1:
+                if run[:dot] in self.uids:
+                    return True
+                dot = run.find(".", dot + 1)
+        return False
+
     def hits(self, text: str) -> list[str]:
         """What kinds of identifiers a text still contains (never the values)."""
         kinds = []
         rx = self.regex()
         if rx is not None and rx.search(text):
             kinds.append("study identifier")
-        if self.uids and any(c.isdigit() for c in text[:1] + text[-1:]) or "." in text:
-            if self._uid_regex is None:
-                self._uid_regex = re.compile("|".join(rf"(?<![0-9.]){re.escape(u)}(?![0-9])" for u in self.uids)) if self.uids else False
-            if self._uid_regex and self._uid_regex.search(text):
-                kinds.append("original UID")
+        if self.uids and self._has_uid(text):
+            kinds.append("original UID")
         kinds += sorted({kind for _, _, kind in pattern_hits(text)})
         return kinds
 
