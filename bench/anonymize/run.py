@@ -51,14 +51,15 @@ def realistic(folder: Path) -> None:
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
+    localizers: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*.dcm")):
         ds = dcmread(path)
         for keyword, value in MR_ATTRIBUTES.items():
             setattr(ds, keyword, value)
-        refs = []
-        for _ in range(3):
+        refs = []  # every image of a series references the same three localizer images, as scanners write it
+        for uid in localizers.setdefault(ds.SeriesInstanceUID, [generate_uid() for _ in range(3)]):
             item = Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, generate_uid()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, uid
             refs.append(item)
         ds.ReferencedImageSequence = refs
         request = Dataset()

@@ -188,15 +188,17 @@ class Identifiers:
                 dot = run.find(".", dot + 1)
         return False
 
-    def hits(self, text: str) -> list[str]:
-        """What kinds of identifiers a text still contains (never the values)."""
+    def hits(self, text: str, patterns: bool = True) -> list[str]:
+        """What kinds of identifiers a text still contains (never the values); ``patterns``: also identifier
+        patterns (e-mail, phone, national IDs), which only free text can carry."""
         kinds = []
         rx = self.regex()
         if rx is not None and rx.search(text):
             kinds.append("study identifier")
         if self.uids and self._has_uid(text):
             kinds.append("original UID")
-        kinds += sorted({kind for _, _, kind in pattern_hits(text)})
+        if patterns:
+            kinds += sorted({kind for _, _, kind in pattern_hits(text)})
         return kinds
 
 
@@ -245,9 +247,7 @@ def scan(ds: Dataset, idents: Identifiers, allowed: set[str]) -> list[str]:
                 text = str(value)
                 if text in allowed:
                     continue
-                kinds = idents.hits(text)
-                if elem.VR not in FREE_TEXT_VRS:
-                    kinds = [k for k in kinds if k in ("study identifier", "original UID")]
+                kinds = idents.hits(text, patterns=elem.VR in FREE_TEXT_VRS)
                 if kinds:
                     findings.append(f"{path} ({', '.join(kinds)})")
     return findings
