@@ -266,3 +266,52 @@ def test_cli_anonymizes_folders_and_reports_refusals(tmp_path):
                               "--project", "PROJ1", "--participant", "P001", "--data-dir", str(data), "--option", "keep-everything"],
                              capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "unknown option" in unknown.stderr
+
+
+def test_outcomes_reused_across_instances_still_follow_each_instances_context(tmp_path):
+    """The engine remembers what it did to an element (same bytes, same context) and reuses it: every instance
+    must still be treated fully, and the same bytes in another context (private creator, sequence content,
+    character set) must not inherit another element's outcome."""
+    ident = Identity()
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    localizers = [generate_uid(), generate_uid()]
+    originals = []
+    for i in range(4):
+        ds = make_instance(study, series, i + 1, ident)
+        ds.RequestAttributesSequence = Sequence([Dataset()])
+        ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription = f"Brain for {ident.patient_name}"
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = ds.SOPClassUID
+        ref.ReferencedSOPInstanceUID = localizers[0] if i < 3 else localizers[1]  # the last one points elsewhere
+        ds.ReferencedImageSequence = Sequence([ref])
+        creator = "SIEMENS MR HEADER" if i < 2 else "ACME PRIVATE"  # same block, same element bytes, other creator
+        ds.private_block(0x0019, creator, create=True).add_new(0x0C, "FD", 1000.0)
+        if i == 3:
+            ds.SpecificCharacterSet = "ISO_IR 100"
+            ds.ImageComments = "Scan ok for Ødegård"
+            ds.PatientName = "ØDEGÅRD^JANE"
+        else:
+            ds.ImageComments = "Scan ok for DOE"
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+        originals.append(ds)
+    result = engine().study(sorted(folder.glob("*.dcm")), tmp_path / "out", "P001", "v1")
+    out = sorted((dcmread(f) for f in result.files), key=lambda d: int(d.InstanceNumber))
+    assert len(out) == 4
+    for ds in out:  # the sequence cleaned in every instance, not only the first that had it
+        assert ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription.strip() == "Brain for"
+        assert ds.ImageComments == "Scan ok for"  # "DOE", and "Ødegård" in Latin-1 in the last instance, removed
+    refs = [ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID for ds in out]
+    assert refs[0] == refs[1] == refs[2] != refs[3] and not set(refs) & set(localizers)
+    kept = [[e.value for e in ds if e.tag.is_private and not e.tag.is_private_creator] for ds in out]
+    assert kept == [[1000.0], [1000.0], [], []]  # safe only under its own creator
+    assert out[3].SpecificCharacterSet == "ISO_IR 100"
+    audit = json.loads(result.audit_path.read_text())
+    for entry in audit["instances"]:
+        paths = {c["path"] for c in entry["changes"]}
+        assert "(0008,1140)[0].(0008,1155)" in paths and "(0040,0275)[0].(0040,0007)" in paths
+    review = json.loads((tmp_path / "out.review.json").read_text())["attributes"]
+    assert review["(0008,1140)>(0008,1155)"]["count"] == 4
+    assert sum(review["(0008,1140)>(0008,1155)"]["values"].values()) == 4
+    assert len(review["(0008,1140)>(0008,1155)"]["values"]) == 2
