@@ -21,7 +21,7 @@ from typing import Callable
 
 from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -129,6 +129,7 @@ class Pseudonymizer:
         self._overlays_ok: set = set()
         self._memo: dict = {}
         self._templates: dict = {}
+        self._creator_names: dict = {}
 
     # -- one study ------------------------------------------------------------------------------
     def study(self, inputs: list[Path], output_dir: Path, participant: str, event: str = "",
@@ -172,6 +173,7 @@ class Pseudonymizer:
         allowed = {participant, self.policy.project, event, f"EventName:{event}"} - {""}
         self._memo: dict = {}
         self._templates: dict = {}
+        self._creator_names: dict = {}
         partial.mkdir(parents=True, mode=0o700)
         files, audit_instances, series_info = [], [], {}
         dropped = cleaned_count = 0
@@ -279,7 +281,7 @@ class Pseudonymizer:
         # Iterate over tags, not elements: an element is decoded only when its action needs its value;
         # untouched elements are written back byte for byte (and decoding every value costs most of the time).
         tags = list(ds.keys())
-        creators = _creators(ds, tags)
+        creators = _creators(ds, tags, self._creator_names)
         kept_blocks: set[tuple[int, int]] = set()
         for tag in tags:
             if tag.is_private and tag.is_private_creator:
@@ -348,7 +350,7 @@ class Pseudonymizer:
         decoded, changed ones are written as already-encoded bytes.
         """
         items = list(ds.items())
-        creators = _creators(ds, [tag for tag, _ in items])
+        creators = _creators(ds, [tag for tag, _ in items], self._creator_names)
         kept_blocks: set[tuple[int, int]] = set()
         encoding = (ds.original_encoding, str(ds._character_set))
         for tag, item in items:
@@ -688,8 +690,25 @@ def _audit_text(audit: dict) -> str:
 
 
 
-def _creators(ds: Dataset, tags) -> dict[tuple[int, int], str]:
-    return {(t.group, t.element): str(ds[t].value or "").strip().upper() for t in tags if t.is_private and t.is_private_creator}
+def _creators(ds: Dataset, tags, names: dict) -> dict[tuple[int, int], str]:
+    """Private Creator of each block, by (group, block). Values read as raw bytes are decoded once per distinct
+    bytes and character set (``names`` remembers them) and left raw in ``ds``, so they are written as read."""
+    out = {}
+    charset = None
+    for t in tags:
+        if not (t.is_private and t.is_private_creator):
+            continue
+        item = ds.get_item(t)
+        if item.is_raw and item.value is not None:
+            charset = charset if charset is not None else ds._character_set  # a str or a list of them
+            key = (item.value, item.VR, charset if isinstance(charset, str) else tuple(charset))
+            name = names.get(key)
+            if name is None:
+                name = names[key] = str(convert_raw_data_element(item, encoding=charset, ds=ds).value or "").strip().upper()
+        else:
+            name = str(ds[t].value or "").strip().upper()
+        out[(t.group, t.element)] = name
+    return out
 
 
 def _drop_unused_creators(ds: Dataset, creators: dict[tuple[int, int], str], kept_blocks: set[tuple[int, int]]) -> None:
