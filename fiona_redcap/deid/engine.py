@@ -117,6 +117,30 @@ class StudyResult:
     output_dir: Path
 
 
+@dataclass
+class _StudyRun:
+    """What the instances of one study share while the engine works through them."""
+
+    inputs: list[Path]
+    headers: list[Dataset]
+    idents: phi.Identifiers
+    allowed: set[str]  # values the residual-identifier scan accepts: the participant, project and event
+    participant: str
+    event: str
+    classifications: dict[str, list[str]]
+    partial: Path
+    output_dir: Path
+    files: list[Path] = field(default_factory=list)
+    audit_instances: list[dict] = field(default_factory=list)
+    series_info: dict[str, dict] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # instances written per output series folder
+    dropped: int = 0
+    cleaned: int = 0
+    defaced: dict[int, Dataset] = field(default_factory=dict)  # defaced datasets waiting for their turn
+    defaced_series: set[str] = field(default_factory=set)
+    defaced_members: set[int] = field(default_factory=set)
+
+
 class Pseudonymizer:
     def __init__(self, policy: ProjectPolicy, key: bytes, key_id: str) -> None:
         self.policy = policy
@@ -127,9 +151,7 @@ class Pseudonymizer:
         self.shift = opts.retain_long_modified_dates and not opts.retain_long_full_dates
         self.safe = safe_private() if opts.retain_safe_private else {}
         self._overlays_ok: set = set()
-        self._memo: dict = {}
-        self._templates: dict = {}
-        self._creator_names: dict = {}
+        self._reset_memo()
 
     # -- one study ------------------------------------------------------------------------------
     def study(self, inputs: list[Path], output_dir: Path, participant: str, event: str = "",
@@ -153,103 +175,114 @@ class Pseudonymizer:
     def _study(self, inputs, output_dir, partial, audit_path, participant, event, classifications, progress) -> StudyResult:
         if not inputs:
             raise DeidRefused("the study has no instances")
-        opts = self.policy.options
+        headers, idents = self._read_headers(inputs)
+        self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
+        self._reset_memo()
+        run = _StudyRun(inputs=inputs, headers=headers, idents=idents, participant=participant, event=event,
+                        allowed={participant, self.policy.project, event, f"EventName:{event}"} - {""},
+                        classifications=classifications, partial=partial, output_dir=output_dir)
+        partial.mkdir(parents=True, mode=0o700)
+        order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
+                                                           _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
+        for done, i in enumerate(order, 1):
+            self._instance(run, i)
+            if progress:
+                progress(done, len(inputs))
+        if not run.files:
+            raise DeidRefused("nothing left to send: every instance was dropped by the project's rules")
+        return self._finish(run, audit_path)
+
+    def _read_headers(self, inputs: list[Path]) -> tuple[list[Dataset], phi.Identifiers]:
+        """Read every instance once (large values stay on disk until written) and gather the study's identifiers."""
         idents = phi.Identifiers()
         headers = []
         for path in inputs:
             try:
-                header = dcmread(path, defer_size=MEMO_MAX_BYTES)  # read once: large values stay on disk until written
+                header = dcmread(path, defer_size=MEMO_MAX_BYTES)
             except (InvalidDicomError, OSError, ValueError) as exc:
                 raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
             idents.add_dataset(header)
-            if opts.clean_visual_features:
+            if self.policy.options.clean_visual_features:
                 reason = visual.refuses_visual_features(header)
                 if reason:
                     raise DeidRefused(f"recognizable visual features cannot be removed: {reason}")
             headers.append(header)
-        if opts.retain_uids:
+        if self.policy.options.retain_uids:
             idents.uids.clear()  # kept on purpose: not a residual identifier
-        self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
-        allowed = {participant, self.policy.project, event, f"EventName:{event}"} - {""}
-        self._memo: dict = {}
-        self._templates: dict = {}
-        self._creator_names: dict = {}
-        partial.mkdir(parents=True, mode=0o700)
-        files, audit_instances, series_info = [], [], {}
-        dropped = cleaned_count = 0
-        order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
-                                                           _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
-        counters: dict[str, int] = {}
+        return headers, idents
+
+    def _reset_memo(self) -> None:
+        """Forget the previous study's outcomes: they depend on its identifiers and participant."""
+        self._memo: dict = {}  # see _apply_top
+        self._templates: dict = {}  # see _conventions
+        self._creator_names: dict = {}  # see _creators
         self._tally: dict[int, list] = {}  # id(outcome) -> [outcome, times]: the Review summary, expanded at the end
         self._encoded: dict[int, tuple[RawDataElement, bytes]] = {}  # id(new element) -> (it, its encoded bytes)
         self._metas: dict[tuple, tuple[bytes, int, list[str]]] = {}  # see _file_meta
-        defaced: dict[int, Dataset] = {}
-        defaced_series: set[str] = set()
-        defaced_members: set[int] = set()
-        for done, i in enumerate(order, 1):
-            path, header = inputs[i], headers[i]
-            sop_class = str(header.get("SOPClassUID", ""))
-            if self.policy.drop_presentation_states and sop_class.startswith(PRESENTATION_STATE_PREFIX):
-                dropped += 1
-                continue
-            if self.policy.drop_secondary_captures and sop_class in pixels.SECONDARY_CAPTURE:
-                dropped += 1
-                continue
-            series_uid = str(header.get("SeriesInstanceUID", ""))
-            face_note = None
-            if opts.clean_visual_features and series_uid not in defaced_series and visual.needs_defacing(header):
-                face_note = self._deface(series_uid, inputs, headers, defaced)
-                defaced_members |= set(defaced)
-                defaced_series.add(series_uid)
-            raw = path.read_bytes()
-            ds = defaced.pop(i, None) or header
-            originals = {} if i in defaced_members else {id(e): e for e in ds.values()}
-            headers[i] = Dataset()  # done with it: memory stays one instance deep
-            changes: list[dict] = []
-            if face_note is not None:
-                changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_recognizable_visual_features", "series": face_note})
-            pixel_note = None
-            if opts.clean_pixel_data and pixels.needs_cleaning(ds, classifications.get(series_uid, []), self.policy.pixel_exclusions):
-                try:
-                    pixel_note = pixels.clean(ds)
-                except pixels.CannotClean as exc:
-                    raise DeidRefused(f"burned-in text cannot be removed: {exc}") from None
-                cleaned_count += 1
-                changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_pixel_data"})
-            self._overlays_ok: set = set()
-            if opts.clean_graphics and any(0x6000 <= t.group <= 0x601E for t in ds.keys()):
-                try:
-                    for where in visual.clean_overlays(ds):
-                        changes.append({"path": where, "action": "C", "rule": "clean_graphics: overlay"})
-                except pixels.CannotClean as exc:
-                    raise DeidRefused(f"an overlay cannot be cleaned: {exc}") from None
-                self._overlays_ok = {t for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
-            findings: list[str] = []
-            self._apply_top(ds, changes, idents, allowed, findings)
-            self._conventions(ds, participant, event, changes)
-            self._tag_rules(ds, changes)
-            meta_bytes, meta_findings = self._file_meta(ds, idents, allowed)
-            findings += self._scan_set_values(ds, idents, allowed) + meta_findings
-            if findings:
-                raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
-            new_series = str(ds.SeriesInstanceUID)
-            series_key = self.pseudo.identifier("series-folder", new_series, 12).lower()
-            counters[series_key] = counters.get(series_key, 0) + 1
-            out = partial / series_key / f"{counters[series_key]:05d}.dcm"
-            out.parent.mkdir(exist_ok=True, mode=0o700)
-            encoded = _file_bytes(ds, raw, originals, self._encoded, meta_bytes)
-            out.write_bytes(encoded)
-            files.append(output_dir / series_key / out.name)
-            info = series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
+
+    def _instance(self, run: "_StudyRun", i: int) -> None:
+        """One instance: drop it, or clean its pixels, apply the profile and conventions, scan, write, audit."""
+        opts = self.policy.options
+        path, header = run.inputs[i], run.headers[i]
+        sop_class = str(header.get("SOPClassUID", ""))
+        if (self.policy.drop_presentation_states and sop_class.startswith(PRESENTATION_STATE_PREFIX)
+                or self.policy.drop_secondary_captures and sop_class in pixels.SECONDARY_CAPTURE):
+            run.dropped += 1
+            return
+        series_uid = str(header.get("SeriesInstanceUID", ""))
+        face_note = None
+        if opts.clean_visual_features and series_uid not in run.defaced_series and visual.needs_defacing(header):
+            face_note = self._deface(series_uid, run.inputs, run.headers, run.defaced)
+            run.defaced_members |= set(run.defaced)
+            run.defaced_series.add(series_uid)
+        raw = path.read_bytes()
+        ds = run.defaced.pop(i, None) or header
+        originals = {} if i in run.defaced_members else {id(e): e for e in ds.values()}
+        run.headers[i] = Dataset()  # done with it: memory stays one instance deep
+        changes: list[dict] = []
+        if face_note is not None:
+            changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_recognizable_visual_features", "series": face_note})
+        pixel_note = None
+        if opts.clean_pixel_data and pixels.needs_cleaning(ds, run.classifications.get(series_uid, []), self.policy.pixel_exclusions):
+            try:
+                pixel_note = pixels.clean(ds)
+            except pixels.CannotClean as exc:
+                raise DeidRefused(f"burned-in text cannot be removed: {exc}") from None
+            run.cleaned += 1
+            changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_pixel_data"})
+        self._overlays_ok: set = set()
+        if opts.clean_graphics and any(0x6000 <= t.group <= 0x601E for t in ds.keys()):
+            try:
+                for where in visual.clean_overlays(ds):
+                    changes.append({"path": where, "action": "C", "rule": "clean_graphics: overlay"})
+            except pixels.CannotClean as exc:
+                raise DeidRefused(f"an overlay cannot be cleaned: {exc}") from None
+            self._overlays_ok = {t for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
+        findings: list[str] = []
+        self._apply_top(ds, changes, run.idents, run.allowed, findings)
+        self._conventions(ds, run.participant, run.event, changes)
+        self._tag_rules(ds, changes)
+        meta_bytes, meta_findings = self._file_meta(ds, run.idents, run.allowed)
+        findings += self._scan_set_values(ds, run.idents, run.allowed) + meta_findings
+        if findings:
+            raise DeidRefused("residual identifiers found in the pseudonymized output", findings)
+        new_series = str(ds.SeriesInstanceUID)
+        series_key = self.pseudo.identifier("series-folder", new_series, 12).lower()
+        run.counters[series_key] = run.counters.get(series_key, 0) + 1
+        out = run.partial / series_key / f"{run.counters[series_key]:05d}.dcm"
+        out.parent.mkdir(exist_ok=True, mode=0o700)
+        encoded = _file_bytes(ds, raw, originals, self._encoded, meta_bytes)
+        out.write_bytes(encoded)
+        run.files.append(run.output_dir / series_key / out.name)
+        info = run.series_info.setdefault(new_series, {"series_uid": new_series, "description": str(ds.get("SeriesDescription", "")),
                                                        "modality": str(ds.get("Modality", "")), "images": 0})
-            info["images"] += 1
-            audit_instances.append({"input_sha256": hashlib.sha256(raw).hexdigest(), "output_sha256": hashlib.sha256(encoded).hexdigest(),
+        info["images"] += 1
+        run.audit_instances.append({"input_sha256": hashlib.sha256(raw).hexdigest(), "output_sha256": hashlib.sha256(encoded).hexdigest(),
                                     "output": f"{series_key}/{out.name}", "pixels": pixel_note, "changes": changes})
-            if progress:
-                progress(done, len(inputs))
-        if not files:
-            raise DeidRefused("nothing left to send: every instance was dropped by the project's rules")
-        first = dcmread(partial / files[0].relative_to(output_dir), stop_before_pixels=True)
+
+    def _finish(self, run: "_StudyRun", audit_path: Path) -> StudyResult:
+        """Write the audit record and the Review summary, then move the output into place."""
+        first = dcmread(run.partial / run.files[0].relative_to(run.output_dir), stop_before_pixels=True)
         audit = {
             "software": f"FIONA {__version__}",
             "profile": f"DICOM PS3.15 Annex E Table E.1-1, edition {edition()}",
@@ -257,24 +290,25 @@ class Pseudonymizer:
             "project": self.policy.project,
             "key_id": self.key_id,
             "date_shift": "per participant (value not recorded)" if self.shift else "none",
-            "instances": audit_instances,
-            "dropped": dropped,
-            "pixel_cleaned": cleaned_count,
+            "instances": run.audit_instances,
+            "dropped": run.dropped,
+            "pixel_cleaned": run.cleaned,
         }
         fd = os.open(str(audit_path) + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(_audit_text(audit))
         os.replace(str(audit_path) + ".tmp", audit_path)
-        review_path = output_dir.with_name(output_dir.name + ".review.json")
+        review_path = run.output_dir.with_name(run.output_dir.name + ".review.json")
         review = _review(self._tally.values())
-        review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(files), "attributes": dict(sorted(review.items()))}))
-        os.replace(partial, output_dir)
+        review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(run.files), "attributes": dict(sorted(review.items()))}))
+        os.replace(run.partial, run.output_dir)
         date = str(first.get("StudyDate", ""))
+        series = run.series_info.values()
         return StudyResult(
-            study_uid=str(first.StudyInstanceUID), files=files, images=len(files), series=list(series_info.values()),
+            study_uid=str(first.StudyInstanceUID), files=run.files, images=len(run.files), series=list(series),
             study_date=f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 and date.isdigit() else "",
-            description=str(first.get("StudyDescription", "")), modalities=sorted({s["modality"] for s in series_info.values() if s["modality"]}),
-            dropped=dropped, audit_path=audit_path, pixel_cleaned=cleaned_count, output_dir=output_dir)
+            description=str(first.get("StudyDescription", "")), modalities=sorted({s["modality"] for s in series if s["modality"]}),
+            dropped=run.dropped, audit_path=audit_path, pixel_cleaned=run.cleaned, output_dir=run.output_dir)
 
     # -- the action table, recursively ------------------------------------------------------------
     def _apply(self, ds: Dataset, path: str, changes: list[dict], idents: phi.Identifiers, top: bool = False) -> None:
