@@ -127,7 +127,8 @@ class _StudyRun:
     """What the instances of one study share while the engine works through them."""
 
     inputs: list[Path]
-    headers: list[Dataset]
+    headers: list[Dataset | None]  # None: not kept (read again when its turn comes) or done
+    keys: list[tuple[str, int, str]]  # sort key of each instance: series, instance number, SOP instance UID
     idents: phi.Identifiers
     allowed: set[str]  # values the residual-identifier scan accepts: the participant, project and event
     participant: str
@@ -180,16 +181,14 @@ class Pseudonymizer:
     def _study(self, inputs, output_dir, partial, audit_path, participant, event, classifications, progress) -> StudyResult:
         if not inputs:
             raise DeidRefused("the study has no instances")
-        headers, idents = self._read_headers(inputs)
+        headers, keys, idents = self._read_headers(inputs)
         self.offset = self.pseudo.date_offset(participant, self.policy.date_shift_max_days)
         self._reset_memo()
-        run = _StudyRun(inputs=inputs, headers=headers, idents=idents, participant=participant, event=event,
+        run = _StudyRun(inputs=inputs, headers=headers, keys=keys, idents=idents, participant=participant, event=event,
                         allowed={participant, self.policy.project, event, f"EventName:{event}"} - {""},
                         classifications=classifications, partial=partial, output_dir=output_dir)
         partial.mkdir(parents=True, mode=0o700)
-        order = sorted(range(len(inputs)), key=lambda i: (str(headers[i].get("SeriesInstanceUID", "")),
-                                                           _int(headers[i].get("InstanceNumber")), str(headers[i].get("SOPInstanceUID", ""))))
-        for done, i in enumerate(order, 1):
+        for done, i in enumerate(sorted(range(len(inputs)), key=keys.__getitem__), 1):
             self._instance(run, i)
             if progress:
                 progress(done, len(inputs))
@@ -197,38 +196,43 @@ class Pseudonymizer:
             raise DeidRefused("nothing left to send: every instance was dropped by the project's rules")
         return self._finish(run, audit_path)
 
-    def _read_headers(self, inputs: list[Path]) -> tuple[list[Dataset], phi.Identifiers]:
-        """Read every instance once (large values stay on disk until written) and gather the study's identifiers."""
+    def _read_headers(self, inputs: list[Path]) -> tuple[list[Dataset | None], list[tuple[str, int, str]], phi.Identifiers]:
+        """Read every instance and gather the study's identifiers. The first ``HEADERS_KEPT`` headers are kept
+        for the instance loop (large values stay on disk until written); the rest are read again there, so
+        memory stays bounded for studies of tens of thousands of images. Also each instance's sort key:
+        (series, instance number, SOP instance UID)."""
         idents = phi.Identifiers()
-        headers = []
-        for path in inputs:
-            try:
-                header = dcmread(path, defer_size=MEMO_MAX_BYTES)
-            except (InvalidDicomError, OSError, ValueError) as exc:
-                raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
+        headers: list[Dataset | None] = []
+        keys = []
+        for n, path in enumerate(inputs):
+            header = _read(path)
             idents.add_dataset(header)
             if self.policy.options.clean_visual_features:
                 reason = visual.refuses_visual_features(header)
                 if reason:
                     raise DeidRefused(f"recognizable visual features cannot be removed: {reason}")
-            headers.append(header)
+            keys.append((str(header.get("SeriesInstanceUID", "")), _int(header.get("InstanceNumber")), str(header.get("SOPInstanceUID", ""))))
+            headers.append(header if n < HEADERS_KEPT else None)
         if self.policy.options.retain_uids:
             idents.uids.clear()  # kept on purpose: not a residual identifier
-        return headers, idents
+        return headers, keys, idents
 
     def _reset_memo(self) -> None:
         """Forget the previous study's outcomes: they depend on its identifiers and participant."""
         self._memo: dict = {}  # see _apply_top
         self._templates: dict = {}  # see _conventions
         self._creator_names: dict = {}  # see _creators
-        self._tally: dict[int, list] = {}  # id(outcome) -> [outcome, times]: the Review summary, expanded at the end
+        self._misses: dict[int, int] = {}  # tag -> outcomes computed for it (see MEMO_MISSES_PER_TAG)
+        self._review: dict[str, dict] = {}  # tag path -> Review entry (see _record)
+        self._tally: dict[int, list] = {}  # id(shared outcome) -> [it, sightings after the first]
+        self._rests: dict[tuple, "_Outcome"] = {}  # see _scan_set_values
         self._encoded: dict[int, tuple[RawDataElement, bytes]] = {}  # id(new element) -> (it, its encoded bytes)
         self._metas: dict[tuple, tuple[bytes, int, list[str]]] = {}  # see _file_meta
 
     def _instance(self, run: "_StudyRun", i: int) -> None:
         """One instance: drop it, or clean its pixels, apply the profile and conventions, scan, write, audit."""
         opts = self.policy.options
-        path, header = run.inputs[i], run.headers[i]
+        path, header = run.inputs[i], run.headers[i] or _read(run.inputs[i])
         sop_class = str(header.get("SOPClassUID", ""))
         if (self.policy.drop_presentation_states and sop_class.startswith(PRESENTATION_STATE_PREFIX)
                 or self.policy.drop_secondary_captures and sop_class in pixels.SECONDARY_CAPTURE):
@@ -237,13 +241,13 @@ class Pseudonymizer:
         series_uid = str(header.get("SeriesInstanceUID", ""))
         face_note = None
         if opts.clean_visual_features and series_uid not in run.defaced_series and visual.needs_defacing(header):
-            face_note = self._deface(series_uid, run.inputs, run.headers, run.defaced)
+            face_note = self._deface(series_uid, run)
             run.defaced_members |= set(run.defaced)
             run.defaced_series.add(series_uid)
         raw = path.read_bytes()
         ds = run.defaced.pop(i, None) or header
         originals = {} if i in run.defaced_members else {id(e): e for e in ds.values()}
-        run.headers[i] = Dataset()  # done with it: memory stays one instance deep
+        run.headers[i] = None  # done with it
         changes: list[dict] = []
         if face_note is not None:
             changes.append({"path": "(7FE0,0010)", "action": "C", "rule": "clean_recognizable_visual_features", "series": face_note})
@@ -304,7 +308,10 @@ class Pseudonymizer:
             fh.write(_audit_text(audit))
         os.replace(str(audit_path) + ".tmp", audit_path)
         review_path = run.output_dir.with_name(run.output_dir.name + ".review.json")
-        review = _review(self._tally.values())
+        review = self._review
+        for outcome, later in self._tally.values():
+            if later:
+                _review_add(review, outcome.summary, later, first=False)
         review_path.write_text(json.dumps({"project": self.policy.project, "instances": len(run.files), "attributes": dict(sorted(review.items()))}))
         os.replace(run.partial, run.output_dir)
         date = str(first.get("StudyDate", ""))
@@ -424,6 +431,9 @@ class Pseudonymizer:
             known = self._memo.get(key)
             if known is not None:
                 return known
+            misses = self._misses[int(tag)] = self._misses.get(int(tag), 0) + 1
+            if misses > MEMO_MISSES_PER_TAG:
+                key = None  # a value new in (nearly) every instance, such as SOPInstanceUID: not worth remembering
         scratch = Dataset()
         scratch._parent_encoding = ds._character_set
         scratch.set_original_encoding(*ds.original_encoding, ds._character_set)
@@ -431,31 +441,37 @@ class Pseudonymizer:
         changes: list[dict] = []
         if not keep:
             self._element(scratch, tag, f"({tag.group:04X},{tag.element:04X})", changes, idents, creator)
+        shared = key is not None
         if tag not in scratch:
-            outcome = _Outcome(True, None, changes, [], [])
+            outcome = _Outcome(True, None, changes, [], [], shared)
         else:
             # a sequence is encoded even when unchanged: it was parsed when read, so it would be re-encoded anyway
-            raw = self._encode(scratch, tag, ds) if changes or scratch[tag].VR == "SQ" else None
-            outcome = _Outcome(False, raw, changes, phi.scan(scratch, idents, allowed), _summary_entries(scratch))
+            raw = self._encode(scratch, tag, ds, keep=shared) if changes or scratch[tag].VR == "SQ" else None
+            outcome = _Outcome(False, raw, changes, phi.scan(scratch, idents, allowed), _summary_entries(scratch), shared)
         if key is not None:
             self._memo[key] = outcome
         return outcome
 
     def _record(self, outcome: "_Outcome", changes: list[dict], findings: list[str]) -> None:
-        """Add an outcome's audit entries and findings to the instance's, and count it for Review."""
+        """Add an outcome's audit entries and findings to the instance's, and its summary to Review: at its
+        first sighting in full; a shared outcome's later sightings are only counted, and added at the end."""
         changes.extend(outcome.changes)
         findings.extend(outcome.findings)
-        if outcome.summary:
-            seen = self._tally.get(id(outcome))
-            if seen is None:
-                self._tally[id(outcome)] = [outcome, 1]  # the outcome is kept alive, so its id stays its own
-            else:
-                seen[1] += 1
+        if not outcome.summary:
+            return
+        seen = self._tally.get(id(outcome)) if outcome.shared else None
+        if seen is not None:
+            seen[1] += 1
+            return
+        _review_add(self._review, outcome.summary, 1, first=True)
+        if outcome.shared:
+            self._tally[id(outcome)] = [outcome, 0]  # shared outcomes live in the memo: their ids stay their own
 
-    def _encode(self, scratch: Dataset, tag, ds: Dataset) -> RawDataElement:
-        """One element encoded as ``ds`` is; its bytes are remembered, so writing it again costs a copy."""
+    def _encode(self, scratch: Dataset, tag, ds: Dataset, keep: bool = True) -> RawDataElement:
+        """One element encoded as ``ds`` is; with ``keep`` its bytes are remembered (writing it again costs a copy)."""
         raw, data = _encode(scratch, tag, ds)
-        self._encoded[id(raw)] = (raw, data)
+        if keep:
+            self._encoded[id(raw)] = (raw, data)
         return raw
 
     def _keep(self, ds: Dataset, elem: DataElement, where: str, changes: list[dict], idents: phi.Identifiers, rule: Rule | None) -> None:
@@ -541,7 +557,7 @@ class Pseudonymizer:
             codes.append(item)
         values.DeidentificationMethodCodeSequence = codes
         values.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift else ("UNMODIFIED" if opts.retain_long_full_dates else "REMOVED")
-        return {tag: self._encode(values, tag, ds) for tag in values.keys()}, _Outcome(False, None, [], [], _summary_entries(values))
+        return {tag: self._encode(values, tag, ds) for tag in values.keys()}, _Outcome(False, None, [], [], _summary_entries(values), True)
 
     def _scan_set_values(self, ds: Dataset, idents: phi.Identifiers, allowed: set[str]) -> list[str]:
         """Scan (and summarize) what was set after the memoized pass: hashed IDs and tag rules."""
@@ -550,18 +566,22 @@ class Pseudonymizer:
         for keyword in ["AccessionNumber", "StudyID"] + [k for k, _ in self.policy.tag_rules]:
             if keyword in ds and ds.data_element(keyword).VR != "SQ":
                 rest[ds.data_element(keyword).tag] = ds.data_element(keyword)
-        self._record(_Outcome(False, None, [], [], _summary_entries(rest)), [], [])
+        summary = _summary_entries(rest)
+        outcome = self._rests.get(tuple(summary))
+        if outcome is None:
+            outcome = self._rests[tuple(summary)] = _Outcome(False, None, [], [], summary, True)
+        self._record(outcome, [], [])
         return phi.scan(rest, idents, allowed)
 
-    def _deface(self, series_uid: str, inputs: list[Path], headers: list[Dataset], defaced: dict[int, Dataset]) -> dict:
+    def _deface(self, series_uid: str, run: "_StudyRun") -> dict:
         """Read a head series whole (defacing needs the volume), remove the face, keep the datasets for the instance loop."""
-        members = [i for i, h in enumerate(headers) if str(h.get("SeriesInstanceUID", "")) == series_uid]
-        datasets = [dcmread(inputs[i]) for i in members]
+        members = [i for i, key in enumerate(run.keys) if key[0] == series_uid]
+        datasets = [dcmread(run.inputs[i]) for i in members]
         try:
             note = visual.deface_series(datasets)
         except pixels.CannotClean as exc:
             raise DeidRefused(f"recognizable visual features cannot be removed: {exc}") from None
-        defaced.update(zip(members, datasets))
+        run.defaced.update(zip(members, datasets))
         return note
 
     def _tag_rules(self, ds: Dataset, changes: list[dict]) -> None:
@@ -605,8 +625,19 @@ class Pseudonymizer:
         return data[:at] + uid + data[at + len(uid):], findings
 
 
+HEADERS_KEPT = 1000  # headers kept from the first read: about 70 MB for clinical MR headers
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return dcmread(path, defer_size=MEMO_MAX_BYTES)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
+
+
 REVIEW_EXAMPLES = 5
 MEMO_MAX_BYTES = 64 * 1024  # larger values (pixel data, big private blobs) are handled each time, not remembered
+MEMO_MISSES_PER_TAG = 256  # distinct values remembered per tag: enough for slice positions, bounded for per-instance UIDs
 
 
 @dataclass(frozen=True)
@@ -618,6 +649,7 @@ class _Outcome:
     changes: list[dict]
     findings: list[str]
     summary: list[tuple[str, str, str, str]]
+    shared: bool = False  # remembered and reused (in the memo or a template): counted by identity for Review
 
 
 def _memo_value(item) -> object:
@@ -706,19 +738,17 @@ def _tag_order(entry) -> int:
     return int(entry[0])  # an int compares in C; a Tag in Python
 
 
-def _review(tally) -> dict[str, dict]:
-    """The Review summary from the outcomes seen (in first-seen order) and how often: per tag path,
-    how many times it occurs and up to 50 example values with their counts."""
-    review: dict[str, dict] = {}
-    for outcome, times in tally:
-        for key, keyword, vr, text in outcome.summary:
-            entry = review.setdefault(key, {"keyword": keyword, "vr": vr, "count": 0, "values": {}})
-            entry["count"] += times
-            if text is not None:
-                values = entry["values"]
-                if text in values or len(values) < 50:
-                    values[text] = values.get(text, 0) + times
-    return review
+def _review_add(review: dict[str, dict], summary, times: int, first: bool) -> None:
+    """Count ``summary`` (tag path, keyword, VR, example) ``times`` into the Review: per tag path, how often it
+    occurs and up to 50 example values with their counts. A value gets a place only at its first sighting
+    (``first``), so counting an outcome's later sightings at the end gives the same result as counting each."""
+    for key, keyword, vr, text in summary:
+        entry = review.setdefault(key, {"keyword": keyword, "vr": vr, "count": 0, "values": {}})
+        entry["count"] += times
+        if text is not None:
+            values = entry["values"]
+            if text in values or (first and len(values) < 50):
+                values[text] = values.get(text, 0) + times
 
 
 def _audit_text(audit: dict) -> str:
