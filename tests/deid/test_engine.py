@@ -315,3 +315,19 @@ def test_outcomes_reused_across_instances_still_follow_each_instances_context(tm
     assert review["(0008,1140)>(0008,1155)"]["count"] == 4
     assert sum(review["(0008,1140)>(0008,1155)"]["values"].values()) == 4
     assert len(review["(0008,1140)>(0008,1155)"]["values"]) == 2
+
+
+def test_large_study_paths_give_the_same_output(tmp_path, monkeypatch):
+    """Beyond HEADERS_KEPT instances headers are read a second time, and beyond MEMO_MISSES_PER_TAG values per tag
+    outcomes are no longer remembered: both only bound memory, the output and its records stay the same."""
+    import fiona_redcap.deid.engine as engine_module
+
+    src = planted_study(tmp_path)
+    files = sorted(src.glob("*.dcm"))
+    normal = engine().study(files, tmp_path / "normal", "P001", "v1")
+    monkeypatch.setattr(engine_module, "HEADERS_KEPT", 1)
+    monkeypatch.setattr(engine_module, "MEMO_MISSES_PER_TAG", 0)
+    bounded = engine().study(files, tmp_path / "bounded", "P001", "v1")
+    assert [f.read_bytes() for f in normal.files] == [f.read_bytes() for f in bounded.files]
+    assert json.loads(normal.audit_path.read_text()) == json.loads(bounded.audit_path.read_text())
+    assert (tmp_path / "normal.review.json").read_text() == (tmp_path / "bounded.review.json").read_text()
