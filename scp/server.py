@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import shutil
 import socket
+import socketserver
 import ssl
 import tempfile
 import threading
@@ -106,6 +107,12 @@ class ReusePortServer(ThreadedAssociationServer):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket. pynetdicom's own shutdown also unregisters the server from its AE,
+        which only ``AE.start_server`` registers, and fails for a server made with ``AE.make_server``."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 class SiteReceiver:

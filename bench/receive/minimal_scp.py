@@ -1,6 +1,6 @@
 """The floor for a pynetdicom receiver: a Storage SCP whose handler acknowledges without storing.
 
-    python bench/receive/minimal_scp.py PORT [--poll SECONDS]
+    python bench/receive/minimal_scp.py PORT [--poll SECONDS] [--streamed DIR]
 
 Used by ``run.py`` as a reference measured in the same run: no Python receiver built on
 pynetdicom (FIONA included) can be faster on one association than this.
@@ -22,8 +22,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("--poll", type=float, default=None, help="shorten pynetdicom's 1 ms reactor sleeps (as FIONA does)")
+    parser.add_argument("--streamed", metavar="DIR", help="receive each dataset into a file in DIR, as FIONA does")
     args = parser.parse_args()
     _config.LOG_HANDLER_LEVEL = "none"
+    if args.streamed:
+        import tempfile
+
+        _config.STORE_RECV_CHUNKED_DATASET = True  # pynetdicom writes the dataset to a temporary file
+        tempfile.tempdir = args.streamed
     if args.poll is not None:
         association.time = types.SimpleNamespace(sleep=lambda s: time.sleep(min(s, args.poll)), time=time.time,
                                                  monotonic=time.monotonic, perf_counter=time.perf_counter)

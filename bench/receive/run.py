@@ -5,9 +5,11 @@
 
 Sends with dcmtk's storescu (TCP_NODELAY=1) over one association, then over four at once,
 and prints images/s, MB/s and the ratio FIONA / storescp. FIONA fsyncs every image before
-acknowledging it; storescp does not. Two references show where the time goes: a pynetdicom
+acknowledging it; storescp does not. Three references show where the time goes: a pynetdicom
 SCP whose handler acknowledges without storing anything (stock, and with the shortened reactor
-polls FIONA uses) is the ceiling for any receiver built on pynetdicom.
+polls FIONA uses) is the ceiling for any receiver built on pynetdicom; the same with each
+dataset streamed into a temporary file by pynetdicom (as FIONA receives, so that memory stays
+flat) is the ceiling for FIONA's design before its own work (parse, fsync, link, index).
 """
 
 from __future__ import annotations
@@ -76,9 +78,12 @@ def start_storescp(out: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_floor(poll: float | None) -> tuple[subprocess.Popen, int]:
+def start_floor(poll: float | None, streamed: Path | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     extra = ["--poll", str(poll)] if poll is not None else []
+    if streamed is not None:
+        streamed.mkdir(parents=True, exist_ok=True)
+        extra += ["--streamed", str(streamed)]
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("minimal_scp.py")), str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "listening" in proc.stdout.readline()
@@ -116,6 +121,7 @@ def main() -> int:
     runs = (("storescp", lambda run: start_storescp(tmp / f"storescp-{run}"), ("1", "4")),
             ("pynetdicom no-op handler", lambda run: start_floor(None), ("1",)),
             ("pynetdicom no-op handler, short polls", lambda run: start_floor(0.0002), ("1",)),
+            ("pynetdicom no-op handler, short polls, streamed to a file", lambda run: start_floor(0.0002, tmp / "streamed"), ("1",)),
             ("FIONA", lambda run: start_fiona(tmp / f"fiona-{run}"), ("1", "4")),
             (f"FIONA --workers {os.cpu_count()}", lambda run: start_fiona(tmp / f"fionaw-{run}", os.cpu_count() or 2), ("1", "4")))
     for name, starter, which in runs:

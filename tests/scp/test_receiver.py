@@ -238,6 +238,20 @@ def test_redcap_down_queues_studies_and_delivers_them_later(tmp_path, scp_factor
 
 
 @pytest.mark.slow
+def test_stop_is_clean_and_flushes_the_index(tmp_path, scp_factory):
+    """SIGTERM (as `fiona up` and service managers send) stops every part in order: exit code 0, no traceback,
+    and the arrivals counted in memory are in the study's summary."""
+    folder = tmp_path / "study"
+    study = make_study(folder, series=2, images=5)
+    svc = scp_factory(data_dir(tmp_path, timing={"quiet_period_seconds": 3600}))
+    assert storescu(svc.port, folder).returncode == 0
+    svc.proc.terminate()
+    assert svc.proc.wait(30) == 0
+    assert "Traceback" not in svc.log_text()
+    info = Quarantine(svc.data_dir).study_info(study.study_uid)
+    assert info["images"] == 10
+
+
 def test_kill9_during_a_large_send_loses_no_acknowledged_image(tmp_path, scp_factory):
     folder = tmp_path / "big"
     study = make_study(folder, series=4, images=250, rows=32, cols=32)
