@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -40,6 +41,7 @@ def status_path(data_dir: Path, service: str) -> Path:
 
 
 def run_scp(args: argparse.Namespace) -> int:
+    from fiona_redcap import logs
     from fiona_redcap.cli import load_config
     from fiona_redcap.quarantine import write_json_atomic
 
@@ -70,6 +72,8 @@ def run_scp(args: argparse.Namespace) -> int:
     completion.start()
     for r in receivers:
         print(f"dicom scp {r.site['aet']} listening on {r.site.get('host', '127.0.0.1')}:{r.port}", flush=True)
+    log = logging.getLogger("fiona.scp")
+    logs.log_event(log, "scp.started", sites=",".join(f"{r.site['aet']}@{r.port}" for r in receivers), workers=args.workers)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -95,6 +99,7 @@ def run_scp(args: argparse.Namespace) -> int:
     completion.stop()
     completion.tick()
     completion.flush()
+    logs.log_event(log, "scp.stopped", redcap_backlog=len(completion.outbox))
     return 0
 
 

@@ -247,7 +247,7 @@ def test_stop_is_clean_and_flushes_the_index(tmp_path, scp_factory):
     assert storescu(svc.port, folder).returncode == 0
     svc.proc.terminate()
     assert svc.proc.wait(30) == 0
-    assert "Traceback" not in svc.log_text()
+    assert "Traceback" not in svc.log_text() and "event=scp.stopped" in svc.log_text()
     info = Quarantine(svc.data_dir).study_info(study.study_uid)
     assert info["images"] == 10
 
