@@ -1,6 +1,6 @@
 """Benchmark: FIONA's pseudonymizer against dicognito on the same synthetic set, same run.
 
-    python bench/anonymize/run.py [--studies 4] [--images 100] [--minimal]
+    python bench/anonymize/run.py [--studies 4] [--images 100] [--minimal | --varying-references]
 
 Header de-identification only (MR, no burned-in text): ``--studies`` studies (each its own
 patient) of two series with ``--images`` images per study, with the attributes a scanner
@@ -49,7 +49,7 @@ MR_ATTRIBUTES = {
 }
 
 
-def realistic(folder: Path) -> None:
+def realistic(folder: Path, varying_references: bool = False) -> None:
     """Give each instance what a scanner writes: ~60 more attributes, reference and request sequences, and two
     private blocks (one a binary header), as a clinical MR image carries."""
     from pydicom.dataset import Dataset
@@ -61,7 +61,8 @@ def realistic(folder: Path) -> None:
         for keyword, value in MR_ATTRIBUTES.items():
             setattr(ds, keyword, value)
         refs = []  # every image of a series references the same three localizer images, as scanners write it
-        for uid in localizers.setdefault(ds.SeriesInstanceUID, [generate_uid() for _ in range(3)]):
+        uids = [generate_uid() for _ in range(3)]  # derived images: each references its own sources
+        for uid in uids if varying_references else localizers.setdefault(ds.SeriesInstanceUID, uids):
             item = Dataset()
             item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, uid
             refs.append(item)
@@ -130,6 +131,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=100, help="images per study (two series)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts (the machine's noise only slows)")
     parser.add_argument("--minimal", action="store_true", help="only the attributes the test fixtures write (36 per image)")
+    parser.add_argument("--varying-references", action="store_true",
+                        help="every image references three images of its own (as derived images do), not the series' localizers")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fiona-bench-anon-"))
     print(f"generating {args.studies} MR studies of {args.images} images (256x256) ...", flush=True)
@@ -139,7 +142,7 @@ def main() -> int:
         studies.append(sorted(make_study(folder, series=2, images=args.images // 2, rows=256, cols=256,
                                          ident=Identity(patient_id=f"PID{n:05d}", patient_name=f"DOE{n}^JANE")).files))
         if not args.minimal:
-            realistic(folder)
+            realistic(folder, args.varying_references)
     files = [f for study in studies for f in study]
     print(f"{len(dcmread(files[0]))} attributes per image at the top level", flush=True)
     def best(run, name: str) -> float:
