@@ -29,6 +29,7 @@ SSN_RE = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 NO_FNR_RE = re.compile(r"(?<!\d)(\d{6})\s?(\d{5})(?!\d)")
 SE_PNR_RE = re.compile(r"(?<!\d)(\d{2})?(\d{6})[-+]?(\d{4})(?!\d)")
 UID_RUN_RE = re.compile(r"[0-9.]+")
+NUMERIC_RE = re.compile(r"[0-9.]*")
 
 
 def _tags(*keywords: str) -> tuple[tuple[str, int], ...]:
@@ -115,7 +116,8 @@ class Identifiers:
     names: set[str] = field(default_factory=set)
     short: set[str] = field(default_factory=set)  # initials: matched as whole tokens only
     uids: set[str] = field(default_factory=set)
-    _regex: re.Pattern | None = None
+    _regex: re.Pattern | bool | None = None  # None: not built yet; False: nothing to search for
+    _numeric_regex: re.Pattern | bool | None = None
     _seen: set = field(default_factory=set)  # (tag, raw bytes, character set) already gathered
 
     def add_dataset(self, ds: Dataset) -> None:
@@ -132,7 +134,7 @@ class Identifiers:
                     continue
                 self._seen.add(seen)
             self._gather(kw, ds)
-        self._regex = None
+        self._regex = self._numeric_regex = None
 
     def _gather(self, kw: str, ds: Dataset) -> None:
         if kw in NAME_KEYWORDS:
@@ -159,11 +161,15 @@ class Identifiers:
 
     def regex(self) -> re.Pattern | None:
         if self._regex is None:
-            # Whole words only: a family name "Doe" must not flag "does"; an ID must not flag a longer number.
-            parts = [rf"(?<![A-Za-z0-9]){re.escape(n)}(?![A-Za-z0-9])" for n in sorted(self.names, key=len, reverse=True) if len(n) >= 3]
-            parts += [rf"(?<![A-Za-z]){re.escape(s)}(?![A-Za-z])" for s in sorted(self.short, key=len, reverse=True)]
-            self._regex = re.compile("|".join(parts), re.IGNORECASE) if parts else None
-        return self._regex
+            self._regex = _names_regex(self.names, self.short) or False  # False: computed, nothing to find
+        return self._regex or None
+
+    def numeric_regex(self) -> re.Pattern | None:
+        """The same search for texts of digits and dots only (UIDs, numbers, dates): only renderings of digits
+        and dots can be found in them, and a regex of those few is much faster than one of all."""
+        if self._numeric_regex is None:
+            self._numeric_regex = _names_regex({n for n in self.names if NUMERIC_RE.fullmatch(n)}, set()) or False
+        return self._numeric_regex or None
 
     def clean(self, text: str) -> str:
         """Text without the study's identifiers and identifier patterns; the rest kept."""
@@ -192,7 +198,7 @@ class Identifiers:
         """What kinds of identifiers a text still contains (never the values); ``patterns``: also identifier
         patterns (e-mail, phone, national IDs), which only free text can carry."""
         kinds = []
-        rx = self.regex()
+        rx = self.numeric_regex() if NUMERIC_RE.fullmatch(text) else self.regex()
         if rx is not None and rx.search(text):
             kinds.append("study identifier")
         if self.uids and self._has_uid(text):
@@ -200,6 +206,13 @@ class Identifiers:
         if patterns:
             kinds += sorted({kind for _, _, kind in pattern_hits(text)})
         return kinds
+
+
+def _names_regex(names: set[str], short: set[str]) -> re.Pattern | None:
+    # Whole words only: a family name "Doe" must not flag "does"; an ID must not flag a longer number.
+    parts = [rf"(?<![A-Za-z0-9]){re.escape(n)}(?![A-Za-z0-9])" for n in sorted(names, key=len, reverse=True) if len(n) >= 3]
+    parts += [rf"(?<![A-Za-z]){re.escape(s)}(?![A-Za-z])" for s in sorted(short, key=len, reverse=True)]
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
 def _values(value) -> list:
