@@ -438,9 +438,18 @@ class Pseudonymizer:
         scratch._parent_encoding = ds._character_set
         scratch.set_original_encoding(*ds.original_encoding, ds._character_set)
         scratch[tag] = item if item.value is not None or not item.is_raw else ds[tag]  # deferred values are read now
+        context = None
+        if creator is not None and item.VR in (None, "UN"):
+            # a private element whose VR the file does not give (implicit VR): pydicom finds it in its private
+            # dictionary by the block's creator, which must be in the same dataset
+            context = Tag(tag.group, tag.element >> 8)
+            if context in ds:
+                scratch[context] = ds.get_item(context)
         changes: list[dict] = []
         if not keep:
             self._element(scratch, tag, f"({tag.group:04X},{tag.element:04X})", changes, idents, creator)
+        if context is not None and context in scratch:
+            del scratch[context]
         shared = key is not None
         if tag not in scratch:
             outcome = _Outcome(True, None, changes, [], [], shared)

@@ -331,3 +331,41 @@ def test_large_study_paths_give_the_same_output(tmp_path, monkeypatch):
     assert [f.read_bytes() for f in normal.files] == [f.read_bytes() for f in bounded.files]
     assert json.loads(normal.audit_path.read_text()) == json.loads(bounded.audit_path.read_text())
     assert (tmp_path / "normal.review.json").read_text() == (tmp_path / "bounded.review.json").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # pydicom's dictionary: Siemens' B value is IS, written FD
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"],
+                         ids=["implicit-VR-little-endian", "deflated", "explicit-VR-big-endian"])
+def test_uncompressed_transfer_syntaxes_are_kept_and_pseudonymized(tmp_path, syntax):
+    """Elements are copied from the input's bytes where unchanged: that must hold for every encoding, not only the
+    explicit VR little endian the other tests use (implicit VR is what many PACS send)."""
+    from pydicom.uid import UID
+
+    ident = Identity()
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        ds = make_instance(study, series, i + 1, ident)
+        ds.ImageComments = f"Patient {ident.patient_name.replace('^', ' ')} id {ident.patient_id}"
+        ds.RequestAttributesSequence = Sequence([Dataset()])
+        ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription = f"Brain for {ident.patient_name}"
+        ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "FD", 1000.0)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    inputs = sorted(folder.glob("*.dcm"))
+    result = engine().study(inputs, tmp_path / "out", "P001", "v1")
+    assert result.images == 3
+    by_number = {int(dcmread(f).InstanceNumber): dcmread(f) for f in inputs}
+    for f in result.files:
+        text = all_text(f)
+        for planted in (ident.patient_name, "JANE", "DOE", ident.patient_id, ident.accession, ident.institution):
+            assert planted not in text, planted
+        ds = dcmread(f)
+        assert ds.file_meta.TransferSyntaxUID == UID(syntax) and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.PatientName == "P001" and ds.SeriesDescription == "T1 SAG" and ds.Rows == 64
+        assert ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription.strip() == "Brain for"
+        source = by_number[int(ds.InstanceNumber)]
+        private = [(e.tag, e.value) for e in ds if e.tag.is_private and not e.tag.is_private_creator]
+        assert len(private) == 1 and private == [(e.tag, e.value) for e in source if e.tag == private[0][0]]  # the safe one
+        assert ds.PixelData == source.PixelData
