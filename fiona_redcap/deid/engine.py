@@ -454,8 +454,9 @@ class Pseudonymizer:
         if tag not in scratch:
             outcome = _Outcome(True, None, changes, [], [], shared)
         else:
-            # a sequence is encoded even when unchanged: it was parsed when read, so it would be re-encoded anyway
-            raw = self._encode(scratch, tag, ds, keep=shared) if changes or scratch[tag].VR == "SQ" else None
+            # unchanged elements keep their own bytes (a sequence too: re-encoding it out of its dataset's context
+            # could resolve an ambiguous VR such as US or SS differently)
+            raw = self._encode(scratch, tag, ds, keep=shared) if changes else None
             outcome = _Outcome(False, raw, changes, phi.scan(scratch, idents, allowed), _summary_entries(scratch), shared)
         if key is not None:
             self._memo[key] = outcome
