@@ -206,6 +206,9 @@ class Pseudonymizer:
         keys = []
         for n, path in enumerate(inputs):
             header = _read(path)
+            missing = [k for k in REQUIRED_UIDS if not str(header.get(k, "") or "").strip()]
+            if missing:
+                raise DeidRefused(f"an instance lacks {', '.join(missing)}: not a storable DICOM instance")
             idents.add_dataset(header)
             if self.policy.options.clean_visual_features:
                 reason = visual.refuses_visual_features(header)
@@ -635,6 +638,7 @@ class Pseudonymizer:
         return data[:at] + uid + data[at + len(uid):], findings
 
 
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 HEADERS_KEPT = 1000  # headers kept from the first read: about 70 MB for clinical MR headers
 
 
@@ -736,6 +740,8 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
                 header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
                 fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
                 continue
+            if elem.value is None:
+                elem = ds[tag]  # deferred, of undefined length (encapsulated pixel data): pydicom reads it now
             known = encoded.get(id(elem))
             if known is not None and known[0] is elem:
                 fp.write(known[1])

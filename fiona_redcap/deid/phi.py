@@ -122,7 +122,7 @@ class Identifiers:
 
     def add_dataset(self, ds: Dataset) -> None:
         charset = ds.get_item(0x00080005)
-        charset = charset.value if charset is not None else None
+        charset = None if charset is None else charset.value if charset.is_raw else str(charset.value)  # hashable
         for kw, tag in _GATHERED:
             item = ds.get_item(tag)
             if item is None:

@@ -369,3 +369,52 @@ def test_uncompressed_transfer_syntaxes_are_kept_and_pseudonymized(tmp_path, syn
         private = [(e.tag, e.value) for e in ds if e.tag.is_private and not e.tag.is_private_creator]
         assert len(private) == 1 and private == [(e.tag, e.value) for e in source if e.tag == private[0][0]]  # the safe one
         assert ds.PixelData == source.PixelData
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, "1.2.840.10008.1.2.4.90"], ids=["RLE", "JPEG-2000-lossless"])
+def test_large_compressed_images_pass_through_unchanged(tmp_path, syntax):
+    """Compressed pixel data larger than what the engine keeps in memory per value (64 KB) stays on disk until the
+    instance is written: it must come out byte for byte, in its transfer syntax, when no pixel cleaning applies."""
+    from pydicom.uid import UID
+
+    ident = Identity()
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        ds = make_instance(study, series, i + 1, ident, rows=384, cols=384)
+        noise = rng.integers(0, 4096, size=(384, 384), dtype=np.uint16)  # noise: compresses to well over 64 KB
+        ds.PixelData = noise.tobytes()
+        if syntax == RLELossless:
+            ds.compress(RLELossless, noise, encoding_plugin="pydicom")
+        else:
+            ds.compress(syntax, noise)
+        assert len(ds.PixelData) > 64 * 1024
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    inputs = sorted(folder.glob("*.dcm"))
+    result = engine().study(inputs, tmp_path / "out", "P001", "v1")
+    sources = {int(dcmread(f).InstanceNumber): dcmread(f) for f in inputs}
+    for f in result.files:
+        ds = dcmread(f)
+        assert ds.file_meta.TransferSyntaxUID == UID(syntax) and ds.PatientName == "P001"
+        assert ds.PixelData == sources[int(ds.InstanceNumber)].PixelData
+        assert np.array_equal(ds.pixel_array, sources[int(ds.InstanceNumber)].pixel_array)
+
+
+def test_multi_valued_character_set_and_missing_uids(tmp_path):
+    """Code extension character sets (ISO 2022, as Japanese and Korean sites send) are multi-valued; an instance
+    without its UIDs is not storable and is refused with a reason, not an internal error."""
+    ident = Identity()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = make_instance(generate_uid(), generate_uid(), 1, ident)
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 100"]
+    ds.save_as(folder / "a.dcm", enforce_file_format=True)
+    result = engine().study([folder / "a.dcm"], tmp_path / "out", "P001", "v1")
+    out = dcmread(result.files[0])
+    assert out.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 100"] and out.PatientName == "P001"
+    del ds.SeriesInstanceUID
+    ds.save_as(folder / "b.dcm", enforce_file_format=True)
+    with pytest.raises(DeidRefused, match="lacks SeriesInstanceUID"):
+        engine().study([folder / "b.dcm"], tmp_path / "out2", "P001", "v1")
