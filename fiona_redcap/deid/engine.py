@@ -736,16 +736,17 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths are not written (as pydicom's writer does)
         if elem.is_raw:
-            if originals.get(id(elem)) is elem and elem.length != 0xFFFFFFFF:
+            # copied only if read in the encoding being written (a file may say explicit VR and hold implicit)
+            if (originals.get(id(elem)) is elem and elem.length != 0xFFFFFFFF
+                    and elem.is_implicit_VR == implicit and elem.is_little_endian == little):
                 header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
                 fp.write(source[elem.value_tell - header:elem.value_tell + elem.length])
                 continue
-            if elem.value is None:
-                elem = ds[tag]  # deferred, of undefined length (encapsulated pixel data): pydicom reads it now
             known = encoded.get(id(elem))
             if known is not None and known[0] is elem:
                 fp.write(known[1])
                 continue
+            elem = ds[tag]  # decoded (and read, if deferred) by pydicom, to be written in this encoding
         write_data_element(fp, elem, charset)
     return fp.getvalue()
 
