@@ -418,3 +418,23 @@ def test_multi_valued_character_set_and_missing_uids(tmp_path):
     ds.save_as(folder / "b.dcm", enforce_file_format=True)
     with pytest.raises(DeidRefused, match="lacks SeriesInstanceUID"):
         engine().study([folder / "b.dcm"], tmp_path / "out2", "P001", "v1")
+
+
+def test_cli_jobs_spread_studies_over_processes_with_the_same_output(tmp_path):
+    folder = tmp_path / "in"
+    for n in range(3):
+        make_study(folder / f"s{n}", series=1, images=2, ident=Identity(patient_id=f"PID{n:05d}"))
+    bad = make_instance(generate_uid(), generate_uid(), 1, Identity())
+    bad.ManufacturerModelName = "DOE JANE"  # kept by retain-device-identity: the residual scan refuses the study
+    bad.save_as(folder / "bad.dcm", enforce_file_format=True)
+    data = tmp_path / "data"
+    runs = {}
+    for jobs in ("1", "3"):
+        out = tmp_path / f"out{jobs}"
+        proc = subprocess.run([sys.executable, "-m", "fiona_redcap.cli", "anonymize", str(folder), str(out), "--project", "PROJ1",
+                               "--participant", "P001", "--data-dir", str(data), "--option", "retain-device-identity", "--jobs", jobs],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 1 and proc.stderr.count("REFUSED") == 1 and "DOE" not in proc.stderr, proc.stderr
+        assert proc.stdout.count("instances written") == 3
+        runs[jobs] = {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*.dcm"))}
+    assert len(runs["1"]) == 6 and runs["1"] == runs["3"]
