@@ -643,10 +643,24 @@ HEADERS_KEPT = 1000  # headers kept from the first read: about 70 MB for clinica
 
 
 def _read(path: Path) -> Dataset:
+    """An instance's dataset, values over MEMO_MAX_BYTES left on disk; refused if unreadable or truncated (pydicom
+    reads a truncated file without complaint, and what is missing must not go out as if it were whole)."""
     try:
-        return dcmread(path, defer_size=MEMO_MAX_BYTES)
+        ds = dcmread(path, defer_size=MEMO_MAX_BYTES)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
+    size = None
+    for elem in ds.values():
+        if not elem.is_raw or elem.length == 0xFFFFFFFF:
+            continue
+        if elem.value is None:
+            size = size or path.stat().st_size
+            short = elem.value_tell + elem.length > size
+        else:
+            short = len(elem.value) != elem.length
+        if short:
+            raise DeidRefused(f"an instance is truncated: ({elem.tag.group:04X},{elem.tag.element:04X}) ends before its stated length")
+    return ds
 
 
 REVIEW_EXAMPLES = 5
@@ -736,6 +750,9 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths are not written (as pydicom's writer does)
         if elem.is_raw:
+            if elem.length != 0xFFFFFFFF and (elem.value_tell + elem.length > len(source) if elem.value is None
+                                              else len(elem.value) != elem.length):
+                raise DeidRefused("an instance is truncated: its data end before their stated length")
             # copied only if read in the encoding being written (a file may say explicit VR and hold implicit)
             if (originals.get(id(elem)) is elem and elem.length != 0xFFFFFFFF
                     and elem.is_implicit_VR == implicit and elem.is_little_endian == little):
