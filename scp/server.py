@@ -31,6 +31,7 @@ from pynetdicom.sop_class import Verification
 from fiona_redcap import logs
 from fiona_redcap.config import Config
 from fiona_redcap.datadir import installation_key, keyed_hash
+from fiona_redcap.integrity import truncated_element
 from fiona_redcap.quarantine import Quarantine, valid_uid
 
 from . import index, storage
@@ -196,6 +197,9 @@ class SiteReceiver:
         except (InvalidDicomError, ValueError, EOFError, OSError, TypeError, KeyError) as exc:
             logs.log_event(log, "store.unreadable", logging.WARNING, site=self.name, calling_aet=stats.calling_aet,
                            error=type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        if truncated_element(ds, path.stat().st_size) is not None:
+            logs.log_event(log, "store.truncated", logging.WARNING, site=self.name, calling_aet=stats.calling_aet)
             return STATUS_CANNOT_UNDERSTAND
         uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
         bad = [k for k, v in uids.items() if not valid_uid(v)]

@@ -37,6 +37,7 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from .. import __version__
+from ..integrity import truncated_element
 from . import phi, pixels, visual
 from .keys import Pseudonyms, shift_date, shift_datetime
 from .options import CID7050, OPTION_CODES, DeidOptions
@@ -649,17 +650,9 @@ def _read(path: Path) -> Dataset:
         ds = dcmread(path, defer_size=MEMO_MAX_BYTES)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise DeidRefused(f"an instance cannot be read ({type(exc).__name__})") from None
-    size = None
-    for elem in ds.values():
-        if not elem.is_raw or elem.length == 0xFFFFFFFF:
-            continue
-        if elem.value is None:
-            size = size or path.stat().st_size
-            short = elem.value_tell + elem.length > size
-        else:
-            short = len(elem.value) != elem.length
-        if short:
-            raise DeidRefused(f"an instance is truncated: ({elem.tag.group:04X},{elem.tag.element:04X}) ends before its stated length")
+    tag = truncated_element(ds, path.stat().st_size)
+    if tag is not None:
+        raise DeidRefused(f"an instance is truncated: ({tag.group:04X},{tag.element:04X}) ends before its stated length")
     return ds
 
 

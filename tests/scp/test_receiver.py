@@ -31,6 +31,22 @@ def data_dir(tmp_path, **config):
     return path
 
 
+def pynetdicom_path_store(port, paths, aet="FIONA"):
+    """C-STORE files as they are on disk: pynetdicom sends their dataset bytes without decoding them."""
+    from pynetdicom import _config
+
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    assert assoc.is_established
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        return [int(assoc.send_c_store(p).Status) for p in paths]
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+
+
 def pynetdicom_store(port, datasets, aet="FIONA", calling="PYNETDICOM"):
     ae = AE(ae_title=calling)
     ae.add_requested_context(MRImageStorage)
@@ -154,6 +170,20 @@ def test_unparseable_data_gets_a_failure_status(tmp_path, scp_factory):
     assert "Received Store Response (Success)" not in proc.stderr + proc.stdout
     assert svc.proc.poll() is None
     assert Quarantine(svc.data_dir).studies() == []
+
+
+def test_truncated_dataset_gets_a_failure_status(tmp_path, scp_factory):
+    """A file cut short (its pixel data end before their stated length) parses without complaint in pydicom: the
+    receiver still refuses it instead of acknowledging an incomplete image."""
+    svc = scp_factory(data_dir(tmp_path))
+    whole = tmp_path / "whole.dcm"
+    make_instance(generate_uid(), generate_uid(), 1, Identity()).save_as(whole, enforce_file_format=True)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    assert pynetdicom_path_store(svc.port, [cut, whole]) == [0xC000, 0x0000]
+    assert "event=store.truncated" in svc.log_text()
+    q = Quarantine(svc.data_dir)
+    assert [len(q.instances(s)) for s in q.studies()] == [1]
 
 
 def test_disallowed_calling_aet_is_rejected_with_a_logged_reason(tmp_path, scp_factory):
