@@ -198,7 +198,8 @@ class SiteReceiver:
             logs.log_event(log, "store.unreadable", logging.WARNING, site=self.name, calling_aet=stats.calling_aet,
                            error=type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-        if truncated_element(ds, path.stat().st_size) is not None:
+        size = path.stat().st_size
+        if truncated_element(ds, size) is not None:
             logs.log_event(log, "store.truncated", logging.WARNING, site=self.name, calling_aet=stats.calling_aet)
             return STATUS_CANNOT_UNDERSTAND
         uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
@@ -235,7 +236,7 @@ class SiteReceiver:
                                       str(ds.get("IssuerOfPatientID", "") or "").strip())
             self.recorder.add(ds, self.name, stats.calling_aet, stats.called_aet or self.site["aet"], patient_hash, study_key)
         stats.images += 1
-        stats.bytes += dest.stat().st_size
+        stats.bytes += size  # dest holds these very bytes (linked, or copied across filesystems)
         stats.studies.add(study_key)
         self.last_arrival = time.time()
         return STATUS_SUCCESS

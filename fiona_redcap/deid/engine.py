@@ -693,8 +693,8 @@ def _memo_value(item) -> object:
 def _sequence_content(items, budget: list[int]) -> tuple | None:
     """A sequence's items as nested tuples of (tag, VR, raw bytes or scalar): equal content, equal key.
 
-    Sequences are parsed when read, but their items' elements stay raw, so this costs no decoding.
-    None if an element is deferred, not simple, or the content exceeds ``budget`` bytes.
+    Used for a sequence something already decoded (one still raw is keyed by its bytes); its items' elements
+    mostly stay raw, so this costs little decoding. None if an element is deferred, not simple, or the content exceeds ``budget`` bytes.
     """
     out = []
     for item in items:
@@ -743,10 +743,7 @@ def _file_bytes(ds: Dataset, source: bytes | None = None, originals: dict | None
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group lengths are not written (as pydicom's writer does)
         if elem.is_raw:
-            if elem.length != 0xFFFFFFFF and (elem.value_tell + elem.length > len(source) if elem.value is None
-                                              else len(elem.value) != elem.length):
-                raise DeidRefused("an instance is truncated: its data end before their stated length")
-            # copied only if read in the encoding being written (a file may say explicit VR and hold implicit)
+            # (a truncated input never gets here: _read refuses it.) Copied only if read in the encoding being written (a file may say explicit VR and hold implicit)
             if (originals.get(id(elem)) is elem and elem.length != 0xFFFFFFFF
                     and elem.is_implicit_VR == implicit and elem.is_little_endian == little):
                 header = 8 if implicit or elem.VR not in EXPLICIT_VR_LENGTH_32 else 12
@@ -783,7 +780,6 @@ def _audit_text(audit: dict) -> str:
     head = json.dumps({k: v for k, v in audit.items() if k != "instances"}, indent=1)
     lines = ",\n".join(json.dumps(i, separators=(",", ":")) for i in audit["instances"])
     return head[:-2] + ',\n "instances": [\n' + lines + "\n ]\n}\n"
-
 
 
 def _creators(ds: Dataset, tags, names: dict) -> dict[tuple[int, int], str]:

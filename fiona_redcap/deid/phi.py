@@ -28,8 +28,7 @@ PHONE_RE = re.compile(r"(?<![\w.])(\+\d{1,3}[\s\-]?)?\(?\d{2,4}\)?[\s\-]\d{2,4}[
 SSN_RE = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 NO_FNR_RE = re.compile(r"(?<!\d)(\d{6})\s?(\d{5})(?!\d)")
 SE_PNR_RE = re.compile(r"(?<!\d)(\d{2})?(\d{6})[-+]?(\d{4})(?!\d)")
-UID_RUN_RE = re.compile(r"[0-9.]+")
-NUMERIC_RE = re.compile(r"[0-9.]*")
+DIGITS_AND_DOTS_RE = re.compile(r"[0-9.]+")  # UIDs, numbers, dates
 
 
 def _tags(*keywords: str) -> tuple[tuple[str, int], ...]:
@@ -168,7 +167,7 @@ class Identifiers:
         """The same search for texts of digits and dots only (UIDs, numbers, dates): only renderings of digits
         and dots can be found in them, and a regex of those few is much faster than one of all."""
         if self._numeric_regex is None:
-            self._numeric_regex = _names_regex({n for n in self.names if NUMERIC_RE.fullmatch(n)}, set()) or False
+            self._numeric_regex = _names_regex({n for n in self.names if DIGITS_AND_DOTS_RE.fullmatch(n)}, set()) or False
         return self._numeric_regex or None
 
     def clean(self, text: str) -> str:
@@ -183,7 +182,7 @@ class Identifiers:
     def _has_uid(self, text: str) -> bool:
         """An original UID as a whole number run: not preceded by a digit or dot, not followed by a digit
         (so also as the head of a longer dotted run). Looked up per run, not searched: a study has thousands."""
-        for m in UID_RUN_RE.finditer(text):
+        for m in DIGITS_AND_DOTS_RE.finditer(text):
             run = m.group()
             if run in self.uids:
                 return True
@@ -198,7 +197,7 @@ class Identifiers:
         """What kinds of identifiers a text still contains (never the values); ``patterns``: also identifier
         patterns (e-mail, phone, national IDs), which only free text can carry."""
         kinds = []
-        rx = self.numeric_regex() if NUMERIC_RE.fullmatch(text) else self.regex()
+        rx = self.numeric_regex() if DIGITS_AND_DOTS_RE.fullmatch(text) else self.regex()
         if rx is not None and rx.search(text):
             kinds.append("study identifier")
         if self.uids and self._has_uid(text):
